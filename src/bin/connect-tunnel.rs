@@ -1,0 +1,2 @@
+//! The connect-tunnel command-line tool (being written).
+fn main() {}

@@ -1,0 +1,140 @@
+//! How a [`Connector`](crate::Connector) behaves: deadline, request headers, TLS, sockets.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::address::Credentials;
+use crate::request::Header;
+use crate::transport::{SocketOptions, TlsOptions, TrustAnchors};
+
+/// The default `User-Agent`: `connect-tunnel/<version>`.
+pub const DEFAULT_USER_AGENT: &str = concat!("connect-tunnel/", env!("CARGO_PKG_VERSION"));
+
+/// Configuration for establishing tunnels. Built with setters that take and return `self`.
+///
+/// ```
+/// use std::time::Duration;
+/// use connect_tunnel::Config;
+///
+/// let config = Config::default()
+///     .connect_timeout(Duration::from_secs(10))
+///     .proxy_ca_file("/etc/ssl/proxy-ca.pem")
+///     .header("X-Device-Id: cam-0042")?;
+/// # Ok::<(), connect_tunnel::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) headers: Vec<Header>,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) tls: TlsOptions,
+    pub(crate) socket: SocketOptions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            connect_timeout: Duration::from_secs(30),
+            user_agent: Some(DEFAULT_USER_AGENT.to_owned()),
+            headers: Vec::new(),
+            credentials: None,
+            tls: TlsOptions::default(),
+            socket: SocketOptions::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The one deadline for resolving the proxy, connecting, TLS, sending CONNECT and reading
+    /// the reply, together. Defaults to 30 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The `User-Agent` sent on CONNECT; `None` sends none. Defaults to [`DEFAULT_USER_AGENT`].
+    /// A value with CR, LF or NUL is refused when the request is built.
+    pub fn user_agent(mut self, user_agent: Option<&str>) -> Self {
+        self.user_agent = user_agent.map(str::to_owned);
+        self
+    }
+
+    /// Adds a header (`"Name: value"`) to the CONNECT request. Refuses CR, LF and NUL.
+    pub fn header(mut self, line: &str) -> Result<Self, crate::Error> {
+        self.headers.push(Header::parse(line)?);
+        Ok(self)
+    }
+
+    /// Adds an already checked header.
+    pub fn add_header(mut self, header: Header) -> Self {
+        self.headers.push(header);
+        self
+    }
+
+    /// Credentials for Basic proxy authentication; these win over credentials in the proxy URL.
+    pub fn credentials(mut self, credentials: Option<Credentials>) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// Trust the CA certificates in this PEM file for an `https://` proxy, instead of the
+    /// webpki roots.
+    pub fn proxy_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.trust = TrustAnchors::PemFile(path.into());
+        self
+    }
+
+    /// Trust the CA certificates in this PEM text, instead of the webpki roots.
+    pub fn proxy_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.trust = TrustAnchors::Pem(pem.into());
+        self
+    }
+
+    /// Present this client certificate chain and key (PEM files) to the proxy: mutual TLS.
+    pub fn proxy_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Turn verification of the proxy's certificate and name on or off. Defaults to on.
+    /// Off makes the connection open to interception; use it only to diagnose.
+    pub fn proxy_verify(mut self, verify: bool) -> Self {
+        self.tls.verify = verify;
+        self
+    }
+
+    /// `TCP_NODELAY`. Defaults to on.
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.socket.nodelay = on;
+        self
+    }
+
+    /// TCP keepalive idle time; `None` turns keepalive off. Defaults to 30 s.
+    pub fn keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.socket.keepalive = idle;
+        self
+    }
+
+    /// `SO_SNDBUF`; `None` keeps the system default (the default).
+    pub fn send_buffer_size(mut self, bytes: Option<usize>) -> Self {
+        self.socket.send_buffer_size = bytes;
+        self
+    }
+
+    /// `SO_RCVBUF`; `None` keeps the system default (the default).
+    pub fn recv_buffer_size(mut self, bytes: Option<usize>) -> Self {
+        self.socket.recv_buffer_size = bytes;
+        self
+    }
+
+    /// The TLS settings in force.
+    pub fn tls_options(&self) -> &TlsOptions {
+        &self.tls
+    }
+
+    /// The socket options in force.
+    pub fn socket_options(&self) -> &SocketOptions {
+        &self.socket
+    }
+}

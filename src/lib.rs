@@ -1,0 +1,59 @@
+//! Carry any non-HTTP stream through an HTTP(S) proxy: send `CONNECT host:port`, read the
+//! proxy's answer, then use the same socket nakedly, raw bytes both ways.
+//!
+//! ```text
+//! acquire addresses -> build CONNECT -> write -> await reply -> hand off -> exchange -> close
+//!  (resolve proxy)    (fixed buffer)   (TCP, TLS,  (parse head,   (StreamHandler
+//!                                       request)   keep the tail)  or Tunnel)
+//! ```
+//!
+//! One deadline bounds the first four phases together. Every buffer has a fixed, named
+//! capacity ([`REQUEST_CAPACITY`], [`REPLY_HEAD_CAPACITY`], [`MAX_REPLY_HEADERS`],
+//! [`TLS_IO_CHUNK`]); filling one is a typed error, never a reallocation. Bytes that arrive
+//! after the proxy's reply head are the first bytes the tunnel reads.
+//!
+//! The crate is blocking (`std::net`, no async runtime). The codecs ([`encode_connect`],
+//! [`try_parse_reply`]) and the [`Handshake`] seam do no I/O; [`Connector`] owns the sockets,
+//! TLS (rustls) and the deadline.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//! use connect_tunnel::{Config, Connector, Proxy, Target};
+//!
+//! let proxy = Proxy::parse("https://camera:secret@proxy.example.com")?;
+//! let connector = Connector::new(proxy, Config::default())?;
+//! connector.run(&Target::parse("media.example.com:443")?, &mut |tunnel: &mut connect_tunnel::Tunnel| {
+//!     tunnel.write_all(b"hello")?;
+//!     let mut reply = [0u8; 5];
+//!     tunnel.read_exact(&mut reply)
+//! })?;
+//! # Ok::<(), connect_tunnel::Error>(())
+//! ```
+//!
+//! Not in scope: serving as a proxy, HTTP requests other than CONNECT, async I/O.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod address;
+mod config;
+mod error;
+mod handshake;
+mod reply;
+mod request;
+mod transport;
+mod tunnel;
+
+pub use address::{Credentials, Proxy, ProxyScheme, Target};
+pub use config::{Config, DEFAULT_USER_AGENT};
+pub use error::{Error, InvalidInput, Phase, ReplyProblem};
+pub use handshake::{ConnectHandshake, Handshake};
+pub use reply::{
+    try_parse_reply, Reply, MAX_INTERIM_REPLIES, MAX_REPLY_HEADERS, REPLY_HEAD_CAPACITY,
+};
+pub use request::{encode_connect, ConnectRequest, Header, REQUEST_CAPACITY};
+pub use transport::{SocketOptions, TlsOptions, TrustAnchors, TLS_IO_CHUNK};
+pub use tunnel::{Connector, StreamHandler, Tunnel, TunnelReader, TunnelWriter};
+
+/// Re-export of `httparse`, whose header type appears in [`Reply`].
+pub use httparse;

@@ -1,0 +1,615 @@
+//! Sockets and TLS: resolving and connecting within a deadline, socket options, the TLS client
+//! configuration, and one stream type for plain and TLS connections to the proxy.
+//!
+//! A rustls connection cannot be cloned like a `TcpStream`, yet a relay wants one thread per
+//! direction. So the TLS state lives behind a mutex that is never held while a thread is blocked
+//! on the socket: a reader reads raw bytes unlocked and only then locks to decrypt; a writer
+//! locks to encrypt, then writes the records out under a separate send lock that keeps them in
+//! order.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::ClientConnection;
+
+use crate::error::{Error, InvalidInput, Phase};
+
+/// Size of each raw socket read on the TLS path, and of the buffer TLS records are staged in
+/// before they are written.
+pub const TLS_IO_CHUNK: usize = 16 * 1024 + 256;
+
+/// Socket options applied to the connection to the proxy, through socket2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// `TCP_NODELAY`. Defaults to on: this is real-time traffic.
+    pub nodelay: bool,
+    /// TCP keepalive idle time before the first probe; `None` leaves keepalive off.
+    /// Defaults to 30 s.
+    pub keepalive: Option<Duration>,
+    /// `SO_SNDBUF` in bytes; `None` keeps the system default.
+    pub send_buffer_size: Option<usize>,
+    /// `SO_RCVBUF` in bytes; `None` keeps the system default.
+    pub recv_buffer_size: Option<usize>,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            nodelay: true,
+            keepalive: Some(Duration::from_secs(30)),
+            send_buffer_size: None,
+            recv_buffer_size: None,
+        }
+    }
+}
+
+/// Which certificate authorities the client trusts for the proxy's certificate.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TrustAnchors {
+    /// The Mozilla root program, from webpki-roots (the default).
+    WebPki,
+    /// The certificates in a PEM file.
+    PemFile(PathBuf),
+    /// The certificates in PEM text held in memory.
+    Pem(Vec<u8>),
+}
+
+impl std::fmt::Debug for TrustAnchors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrustAnchors::WebPki => f.write_str("WebPki"),
+            TrustAnchors::PemFile(p) => f.debug_tuple("PemFile").field(p).finish(),
+            TrustAnchors::Pem(b) => write!(f, "Pem({} bytes)", b.len()),
+        }
+    }
+}
+
+/// TLS settings for an `https://` proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Whom to trust. Defaults to [`TrustAnchors::WebPki`].
+    pub trust: TrustAnchors,
+    /// A client certificate chain and its private key (PEM files) for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Verify the proxy's certificate and name. Defaults to `true`; turning it off makes the
+    /// connection open to interception.
+    pub verify: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        TlsOptions {
+            trust: TrustAnchors::WebPki,
+            client_cert: None,
+            verify: true,
+        }
+    }
+}
+
+fn tls_material(what: &'static str) -> Error {
+    Error::invalid(Phase::AcquireAddresses, InvalidInput::TlsMaterial, what)
+}
+
+/// Builds the rustls client configuration (ring provider) once, for every connection.
+pub(crate) fn client_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|_| tls_material("TLS protocol versions"))?;
+    let builder = if opts.verify {
+        let mut roots = rustls::RootCertStore::empty();
+        match &opts.trust {
+            TrustAnchors::WebPki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            TrustAnchors::PemFile(path) => {
+                let certs =
+                    CertificateDer::pem_file_iter(path).map_err(|_| tls_material("CA file"))?;
+                add_roots(&mut roots, certs)?;
+            }
+            TrustAnchors::Pem(pem) => {
+                add_roots(&mut roots, CertificateDer::pem_slice_iter(pem))?;
+            }
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    };
+    let config = match &opts.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|_| tls_material("client certificate file"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| tls_material("client certificate file"))?;
+            if chain.is_empty() {
+                return Err(tls_material("client certificate file"));
+            }
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|_| tls_material("client key file"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|_| tls_material("client certificate and key"))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+fn add_roots<'a>(
+    roots: &mut rustls::RootCertStore,
+    certs: impl Iterator<Item = Result<CertificateDer<'a>, rustls::pki_types::pem::Error>>,
+) -> Result<(), Error> {
+    for cert in certs {
+        let cert = cert.map_err(|_| tls_material("CA file"))?;
+        roots
+            .add(cert)
+            .map_err(|_| tls_material("CA certificate"))?;
+    }
+    if roots.is_empty() {
+        return Err(tls_material("CA file (no certificate in it)"));
+    }
+    Ok(())
+}
+
+/// Accepts any certificate and name, but still checks handshake signatures. Used only when the
+/// caller turned verification off.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Time left until `deadline`, or the timeout error for `phase` when none is left.
+pub(crate) fn remaining(deadline: Instant, phase: Phase) -> Result<Duration, Error> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(Error::Timeout { phase })
+    } else {
+        Ok(left)
+    }
+}
+
+/// Maps an I/O error seen before `deadline` to a typed error: a socket timeout is the deadline.
+pub(crate) fn io_error(e: io::Error, phase: Phase) -> Error {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
+        Error::Timeout { phase }
+    } else {
+        Error::Io { phase, source: e }
+    }
+}
+
+/// Resolves `host:port`, bounded by `deadline`. Name look-up (getaddrinfo) cannot be
+/// interrupted, so it runs on a helper thread that is abandoned if the deadline passes first.
+pub(crate) fn resolve(host: &str, port: u16, deadline: Instant) -> Result<Vec<SocketAddr>, Error> {
+    let phase = Phase::AcquireAddresses;
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = mpsc::channel();
+    let name = host.to_owned();
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send((name.as_str(), port).to_socket_addrs().map(Vec::from_iter));
+        })
+        .map_err(|e| Error::Io { phase, source: e })?;
+    let failed = |source| Error::Resolve {
+        host: host.to_owned(),
+        source,
+    };
+    match rx.recv_timeout(remaining(deadline, phase)?) {
+        Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
+        Ok(Ok(_)) => Err(failed(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no addresses",
+        ))),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(_) => Err(Error::Timeout { phase }),
+    }
+}
+
+/// Opens TCP to the first of `addrs` that accepts, in order, within `deadline`.
+pub(crate) fn connect_tcp(
+    addrs: &[SocketAddr],
+    opts: &SocketOptions,
+    deadline: Instant,
+) -> Result<TcpStream, Error> {
+    let phase = Phase::Write;
+    let mut last = None;
+    for &addr in addrs {
+        let left = remaining(deadline, phase)?;
+        log::debug!("write: connecting to proxy at {addr}");
+        match connect_one(addr, opts, left) {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout { phase });
+                }
+                last = Some((addr, e));
+            }
+            Err(e) => {
+                log::debug!("write: {addr}: {e}");
+                last = Some((addr, e));
+            }
+        }
+    }
+    match last {
+        Some((addr, source)) => Err(Error::Connect { addr, source }),
+        None => Err(Error::Io {
+            phase,
+            source: io::Error::new(io::ErrorKind::NotFound, "no proxy address"),
+        }),
+    }
+}
+
+fn connect_one(addr: SocketAddr, opts: &SocketOptions, timeout: Duration) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_tcp_nodelay(opts.nodelay)?;
+    if let Some(idle) = opts.keepalive {
+        let ka = TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(Duration::from_secs(5).min(idle));
+        socket.set_tcp_keepalive(&ka)?;
+    }
+    if let Some(n) = opts.send_buffer_size {
+        socket.set_send_buffer_size(n)?;
+    }
+    if let Some(n) = opts.recv_buffer_size {
+        socket.set_recv_buffer_size(n)?;
+    }
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
+}
+
+/// Runs the TLS handshake on `sock` within `deadline`, one socket operation at a time so that
+/// a peer that dribbles bytes still meets the deadline.
+pub(crate) fn tls_handshake(
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    sock: &mut TcpStream,
+    deadline: Instant,
+) -> Result<ClientConnection, Error> {
+    let phase = Phase::Write;
+    let tls_err = |source| Error::Tls { source };
+    let mut conn = ClientConnection::new(config, server_name)
+        .map_err(|e| tls_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    while conn.is_handshaking() {
+        while conn.wants_write() {
+            sock.set_write_timeout(Some(remaining(deadline, phase)?))
+                .map_err(|e| io_error(e, phase))?;
+            conn.write_tls(sock).map_err(|e| match io_error(e, phase) {
+                Error::Io { source, .. } => tls_err(source),
+                other => other,
+            })?;
+        }
+        if !conn.is_handshaking() {
+            break;
+        }
+        sock.set_read_timeout(Some(remaining(deadline, phase)?))
+            .map_err(|e| io_error(e, phase))?;
+        let n = match conn.read_tls(sock) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(match io_error(e, phase) {
+                    Error::Io { source, .. } => tls_err(source),
+                    other => other,
+                })
+            }
+        };
+        if n == 0 {
+            return Err(tls_err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "proxy closed the connection during the TLS handshake",
+            )));
+        }
+        if let Err(e) = conn.process_new_packets() {
+            // Tell the peer why, if we can; the error that matters is ours.
+            let _ = conn.write_tls(sock);
+            return Err(tls_err(io::Error::new(io::ErrorKind::InvalidData, e)));
+        }
+    }
+    Ok(conn)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere cannot leave the TLS state half-updated in a way that matters more
+    // than the panic itself; keep going with what is there.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn tls_data_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// The sending side of a TLS connection: the socket and the buffer records are staged in.
+struct TlsSend {
+    sock: TcpStream,
+    staging: Box<[u8]>,
+}
+
+/// TLS state shared by the two halves of a split TLS tunnel.
+pub(crate) struct TlsShared {
+    conn: Mutex<ClientConnection>,
+    send: Mutex<TlsSend>,
+}
+
+impl TlsShared {
+    pub(crate) fn new(conn: ClientConnection, sock: TcpStream) -> TlsShared {
+        TlsShared {
+            conn: Mutex::new(conn),
+            send: Mutex::new(TlsSend {
+                sock,
+                staging: vec![0; TLS_IO_CHUNK].into_boxed_slice(),
+            }),
+        }
+    }
+
+    /// Writes out every record the TLS state has queued, in order.
+    fn send_pending(&self, send: &mut TlsSend) -> io::Result<()> {
+        loop {
+            let n = {
+                let mut conn = lock(&self.conn);
+                if !conn.wants_write() {
+                    return Ok(());
+                }
+                conn.write_tls(&mut &mut send.staging[..])?
+            };
+            send.sock.write_all(&send.staging[..n])?;
+        }
+    }
+
+    pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut send = lock(&self.send);
+        let n = lock(&self.conn).writer().write(buf)?;
+        self.send_pending(&mut send)?;
+        Ok(n)
+    }
+
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        let mut send = lock(&self.send);
+        self.send_pending(&mut send)
+    }
+
+    /// Sends `close_notify`, then shuts the socket's sending direction.
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        let mut send = lock(&self.send);
+        lock(&self.conn).send_close_notify();
+        self.send_pending(&mut send)?;
+        send.sock.shutdown(Shutdown::Write)
+    }
+
+    /// Sets the socket's write timeout for the sends that follow.
+    pub(crate) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        lock(&self.send).sock.set_write_timeout(t)
+    }
+
+    /// Reads plaintext into `out`, reading raw bytes from `sock` (a clone of the socket) into
+    /// `raw` when none is buffered. Each raw read is bounded by `deadline` when one is given.
+    /// `Ok(0)` means the proxy ended the TLS stream properly; an `UnexpectedEof` error means the
+    /// TCP connection ended without `close_notify`.
+    fn read(
+        &self,
+        mut sock: &TcpStream,
+        raw: &mut [u8],
+        out: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match lock(&self.conn).reader().read(out) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            if let Some(deadline) = deadline {
+                sock.set_read_timeout(Some(time_left(deadline)?))?;
+            }
+            let n = match sock.read(raw) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let wants_write = {
+                let mut conn = lock(&self.conn);
+                let mut chunk = &raw[..n];
+                loop {
+                    conn.read_tls(&mut chunk)?;
+                    if let Err(e) = conn.process_new_packets() {
+                        drop(conn);
+                        let _ = self.flush();
+                        return Err(tls_data_error(e));
+                    }
+                    if chunk.is_empty() {
+                        break;
+                    }
+                }
+                conn.wants_write()
+            };
+            if wants_write {
+                self.flush()?;
+            }
+        }
+    }
+}
+
+/// Time left until `deadline` as a socket timeout, or a `TimedOut` error.
+fn time_left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(io::ErrorKind::TimedOut.into())
+    } else {
+        Ok(left)
+    }
+}
+
+/// The receiving side of the connection to the proxy.
+pub(crate) enum ReadSide {
+    /// Plain TCP (a clone of the socket the write side holds).
+    Plain(TcpStream),
+    /// TLS: the shared state, a clone of the socket for raw reads, and the raw read buffer.
+    Tls {
+        shared: Arc<TlsShared>,
+        sock: TcpStream,
+        raw: Box<[u8]>,
+    },
+}
+
+/// The sending side of the connection to the proxy.
+pub(crate) enum WriteSide {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS: the shared state, which owns the socket it sends on.
+    Tls(Arc<TlsShared>),
+}
+
+/// Splits an open connection into its receiving and sending sides.
+pub(crate) fn sides(
+    sock: TcpStream,
+    tls: Option<ClientConnection>,
+) -> io::Result<(ReadSide, WriteSide)> {
+    let read_sock = sock.try_clone()?;
+    Ok(match tls {
+        None => (ReadSide::Plain(read_sock), WriteSide::Plain(sock)),
+        Some(conn) => {
+            let shared = Arc::new(TlsShared::new(conn, sock));
+            let read = ReadSide::Tls {
+                shared: shared.clone(),
+                sock: read_sock,
+                raw: vec![0; TLS_IO_CHUNK].into_boxed_slice(),
+            };
+            (read, WriteSide::Tls(shared))
+        }
+    })
+}
+
+impl ReadSide {
+    /// The socket (a clone sharing the same kernel socket as the write side's).
+    pub(crate) fn socket(&self) -> &TcpStream {
+        match self {
+            ReadSide::Plain(s) => s,
+            ReadSide::Tls { sock, .. } => sock,
+        }
+    }
+
+    /// Reads stream bytes; with a deadline, every socket read is bounded by it.
+    pub(crate) fn read(&mut self, out: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
+        match self {
+            ReadSide::Plain(s) => {
+                if let Some(deadline) = deadline {
+                    s.set_read_timeout(Some(time_left(deadline)?))?;
+                }
+                s.read(out)
+            }
+            ReadSide::Tls { shared, sock, raw } => shared.read(sock, raw, out, deadline),
+        }
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, ReadSide::Tls { .. })
+    }
+}
+
+impl WriteSide {
+    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteSide::Plain(s) => s.write(buf),
+            WriteSide::Tls(shared) => shared.write(buf),
+        }
+    }
+
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        match self {
+            WriteSide::Plain(s) => s.flush(),
+            WriteSide::Tls(shared) => shared.flush(),
+        }
+    }
+
+    /// Ends the sending direction: TLS `close_notify` where there is TLS, then TCP shutdown.
+    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            WriteSide::Plain(s) => s.shutdown(Shutdown::Write),
+            WriteSide::Tls(shared) => shared.shutdown_write(),
+        }
+    }
+
+    /// Writes all of `buf` with every socket write bounded by `deadline`.
+    pub(crate) fn write_all_by(&mut self, mut buf: &[u8], deadline: Instant) -> io::Result<()> {
+        while !buf.is_empty() {
+            self.set_write_timeout(Some(time_left(deadline)?))?;
+            match self.write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.set_write_timeout(Some(time_left(deadline)?))?;
+        self.flush()
+    }
+
+    /// Sets the socket's write timeout.
+    pub(crate) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            WriteSide::Plain(s) => s.set_write_timeout(t),
+            WriteSide::Tls(shared) => shared.set_write_timeout(t),
+        }
+    }
+}

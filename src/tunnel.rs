@@ -1,0 +1,349 @@
+//! The driver: runs the phases against real sockets, then hands over the open tunnel.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+
+use crate::address::{Proxy, ProxyScheme, Target};
+use crate::config::Config;
+use crate::error::{Error, InvalidInput, Phase, ReplyProblem};
+use crate::handshake::{ConnectHandshake, Handshake};
+use crate::reply::REPLY_HEAD_CAPACITY;
+use crate::request::{ConnectRequest, REQUEST_CAPACITY};
+use crate::transport::{self, io_error, remaining, ReadSide, WriteSide};
+
+/// What runs over an open tunnel: the handler style of using a [`Connector`].
+///
+/// The handler reads and writes raw bytes on the [`Tunnel`] until it is done; the connector then
+/// closes it. Closures `FnMut(&mut Tunnel) -> io::Result<()>` are handlers too.
+pub trait StreamHandler {
+    /// Exchanges bytes over the open tunnel. Bytes the proxy sent right after its reply are the
+    /// first ones `tunnel.read` returns.
+    fn handle(&mut self, tunnel: &mut Tunnel) -> io::Result<()>;
+}
+
+impl<F: FnMut(&mut Tunnel) -> io::Result<()>> StreamHandler for F {
+    fn handle(&mut self, tunnel: &mut Tunnel) -> io::Result<()> {
+        self(tunnel)
+    }
+}
+
+/// Opens tunnels through one proxy with one configuration.
+///
+/// Building it loads TLS material once; each [`connect`](Connector::connect) then runs the
+/// phases: acquire addresses, build CONNECT, write, await reply.
+#[derive(Debug)]
+pub struct Connector {
+    proxy: Proxy,
+    config: Config,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+}
+
+impl Connector {
+    /// A connector for `proxy` with `config`. For an `https://` proxy this reads the CA and
+    /// client certificate files now, so a bad file is reported before any connection.
+    pub fn new(proxy: Proxy, config: Config) -> Result<Connector, Error> {
+        let tls = match proxy.scheme() {
+            ProxyScheme::Http => None,
+            ProxyScheme::Https => {
+                let name = ServerName::try_from(proxy.host().to_owned()).map_err(|_| {
+                    Error::invalid(
+                        Phase::AcquireAddresses,
+                        InvalidInput::ProxyUrl,
+                        "proxy host (as a TLS name)",
+                    )
+                })?;
+                Some((transport::client_config(config.tls_options())?, name))
+            }
+        };
+        Ok(Connector { proxy, config, tls })
+    }
+
+    /// The proxy this connector uses.
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    /// The configuration this connector uses.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Opens a tunnel to `target` with CONNECT and returns it for the caller to drive.
+    pub fn connect(&self, target: &Target) -> Result<Tunnel, Error> {
+        let request = ConnectRequest {
+            target,
+            credentials: self
+                .config
+                .credentials
+                .as_ref()
+                .or(self.proxy.credentials()),
+            user_agent: self.config.user_agent.as_deref(),
+            headers: &self.config.headers,
+        };
+        log::info!("acquire addresses: proxy {}, target {target}", self.proxy);
+        self.connect_with(&mut ConnectHandshake::new(request))
+    }
+
+    /// Opens a tunnel to `target`, passes it to `handler`, then closes it.
+    pub fn run(&self, target: &Target, handler: &mut dyn StreamHandler) -> Result<(), Error> {
+        let mut tunnel = self.connect(target)?;
+        log::info!("hand off: tunnel open after {:?}", tunnel.handshake_time());
+        let result = handler.handle(&mut tunnel);
+        log::info!("exchange: handler finished");
+        let closed = tunnel.close();
+        result.map_err(|source| Error::Handler { source })?;
+        closed
+    }
+
+    /// Opens a tunnel using any [`Handshake`]: the seam for ways through a proxy other than
+    /// CONNECT. One deadline ([`Config::connect_timeout`]) bounds every phase up to the open
+    /// tunnel.
+    pub fn connect_with(&self, handshake: &mut dyn Handshake) -> Result<Tunnel, Error> {
+        let started = Instant::now();
+        let deadline = started + self.config.connect_timeout;
+
+        // Acquire addresses.
+        let addrs = transport::resolve(self.proxy.host(), self.proxy.port(), deadline)?;
+        log::debug!(
+            "acquire addresses: {} resolves to {addrs:?}",
+            self.proxy.host()
+        );
+
+        // Build CONNECT, into the buffer the reply will be read into afterwards.
+        let mut head = vec![0u8; REPLY_HEAD_CAPACITY.max(REQUEST_CAPACITY)].into_boxed_slice();
+        let request_len = handshake.encode_request(&mut head[..REQUEST_CAPACITY])?;
+        log::debug!(
+            "build CONNECT: {} request, {request_len} bytes",
+            handshake.name()
+        );
+
+        // Write: TCP to the first address that answers, TLS, then the request.
+        let mut sock = transport::connect_tcp(&addrs, &self.config.socket, deadline)?;
+        let tls = match &self.tls {
+            None => None,
+            Some((config, name)) => {
+                let conn =
+                    transport::tls_handshake(config.clone(), name.clone(), &mut sock, deadline)?;
+                log::debug!(
+                    "write: TLS to the proxy established ({:?})",
+                    conn.protocol_version()
+                );
+                Some(conn)
+            }
+        };
+        let (mut rx, mut tx) = transport::sides(sock, tls).map_err(|source| Error::Io {
+            phase: Phase::Write,
+            source,
+        })?;
+        tx.write_all_by(&head[..request_len], deadline)
+            .map_err(|e| io_error(e, Phase::Write))?;
+        log::debug!("write: request sent");
+
+        // Await reply.
+        let phase = Phase::AwaitReply;
+        let mut filled = 0;
+        let consumed = loop {
+            if filled == head.len() {
+                return Err(Error::Reply {
+                    problem: ReplyProblem::HeadTooLarge,
+                });
+            }
+            remaining(deadline, phase)?;
+            let n = match rx.read(&mut head[filled..], Some(deadline)) {
+                Ok(0) => {
+                    return Err(Error::Reply {
+                        problem: ReplyProblem::ClosedEarly,
+                    })
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(Error::Reply {
+                        problem: ReplyProblem::ClosedEarly,
+                    })
+                }
+                Err(e) => return Err(io_error(e, phase)),
+            };
+            filled += n;
+            if let Some(consumed) = handshake.try_reply(&head[..filled])? {
+                break consumed;
+            }
+        };
+
+        // The exchange has no deadline: clear the handshake's socket timeouts.
+        rx.socket()
+            .set_read_timeout(None)
+            .and_then(|()| tx.set_write_timeout(None))
+            .map_err(|source| Error::Io { phase, source })?;
+        let handshake_time = started.elapsed();
+        log::info!(
+            "await reply: tunnel open in {handshake_time:?}, {} stream bytes arrived with the reply",
+            filled - consumed
+        );
+        Ok(Tunnel {
+            reader: TunnelReader {
+                side: rx,
+                head,
+                pos: consumed,
+                end: filled,
+            },
+            writer: TunnelWriter {
+                side: tx,
+                write_closed: false,
+            },
+            handshake_time,
+        })
+    }
+}
+
+/// An open tunnel: raw bytes both ways over the connection to the proxy.
+///
+/// Reads return first the bytes that arrived with the proxy's reply, then the rest of the
+/// stream. Plain and TLS connections to the proxy are the same type. For one thread per
+/// direction, [`split`](Tunnel::split) it.
+pub struct Tunnel {
+    reader: TunnelReader,
+    writer: TunnelWriter,
+    handshake_time: Duration,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("tls", &self.is_tls())
+            .field("buffered", &self.reader.buffered().len())
+            .field("handshake_time", &self.handshake_time)
+            .finish()
+    }
+}
+
+impl Tunnel {
+    /// Time from the start of the connect call to the open tunnel.
+    pub fn handshake_time(&self) -> Duration {
+        self.handshake_time
+    }
+
+    /// Whether the connection to the proxy is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.reader.side.is_tls()
+    }
+
+    /// The TCP socket to the proxy, for socket options and timeouts.
+    pub fn get_ref(&self) -> &TcpStream {
+        self.reader.side.socket()
+    }
+
+    /// Ends the sending direction (TLS `close_notify`, then TCP shutdown) while reading goes on.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        self.writer.shutdown_write()
+    }
+
+    /// Splits the tunnel into a reading half and a writing half that can move to separate
+    /// threads. Over TLS both halves share the one TLS session.
+    pub fn split(self) -> (TunnelReader, TunnelWriter) {
+        (self.reader, self.writer)
+    }
+
+    /// Ends the tunnel: `close_notify` where there is TLS, then TCP shutdown of both
+    /// directions. Errors are reported, not ignored.
+    pub fn close(mut self) -> Result<(), Error> {
+        let phase = Phase::Close;
+        if !self.writer.write_closed {
+            match self.writer.shutdown_write() {
+                Ok(()) => {}
+                // The peer is already gone: nothing left to close.
+                Err(e) if is_gone(&e) => {}
+                Err(source) => return Err(Error::Io { phase, source }),
+            }
+        }
+        match self.get_ref().shutdown(Shutdown::Both) {
+            Err(e) if !is_gone(&e) => Err(Error::Io { phase, source: e }),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotConnected | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+impl Read for Tunnel {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl Write for Tunnel {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// The reading half of a [`Tunnel`].
+pub struct TunnelReader {
+    side: ReadSide,
+    /// The reply-head buffer; `head[pos..end]` are stream bytes that came with the reply.
+    head: Box<[u8]>,
+    pos: usize,
+    end: usize,
+}
+
+impl TunnelReader {
+    /// Stream bytes that arrived with the proxy's reply and have not been read yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.head[self.pos..self.end]
+    }
+
+    /// The TCP socket to the proxy.
+    pub fn get_ref(&self) -> &TcpStream {
+        self.side.socket()
+    }
+}
+
+impl Read for TunnelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos < self.end {
+            let n = buf.len().min(self.end - self.pos);
+            buf[..n].copy_from_slice(&self.head[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        self.side.read(buf, None)
+    }
+}
+
+/// The writing half of a [`Tunnel`].
+pub struct TunnelWriter {
+    side: WriteSide,
+    write_closed: bool,
+}
+
+impl TunnelWriter {
+    /// Ends the sending direction: TLS `close_notify` where there is TLS, then TCP shutdown of
+    /// the sending side. The other direction keeps flowing.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        self.write_closed = true;
+        self.side.shutdown_write()
+    }
+}
+
+impl Write for TunnelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.side.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.side.flush()
+    }
+}
