@@ -220,7 +220,10 @@ impl Error {
             Error::Auth { .. } => 4,
             Error::Refused { .. } => 5,
             Error::Reply { .. } => 6,
-            Error::Io { phase, .. } if matches!(phase, Phase::Write | Phase::AwaitReply) => 6,
+            Error::Io {
+                phase: Phase::Write | Phase::AwaitReply,
+                ..
+            } => 6,
             Error::Timeout { .. } => 7,
             Error::Io { .. } | Error::Handler { .. } => 1,
         }

@@ -141,7 +141,9 @@ pub fn try_parse_reply<'h, 'b>(
 mod tests {
     use super::*;
 
-    fn parse(input: &[u8]) -> Result<Option<(usize, u8, u16, String, Vec<String>)>, ReplyProblem> {
+    type Parsed = (usize, u8, u16, String, Vec<String>);
+
+    fn parse(input: &[u8]) -> Result<Option<Parsed>, ReplyProblem> {
         let mut h = [httparse::EMPTY_HEADER; MAX_REPLY_HEADERS];
         Ok(try_parse_reply(input, &mut h)?.map(|r| {
             let schemes = r.auth_schemes().map(str::to_owned).collect();

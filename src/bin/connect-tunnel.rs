@@ -1,2 +1,532 @@
-//! The connect-tunnel command-line tool (being written).
-fn main() {}
+//! `connect-tunnel`: open a CONNECT tunnel through an HTTP(S) proxy and relay stdin/stdout
+//! through it (an ssh `ProxyCommand`), or forward local TCP connections through it.
+
+#![forbid(unsafe_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use connect_tunnel::{Config, Connector, Credentials, Error, Proxy, Target};
+
+const USAGE: &str = "\
+Usage: connect-tunnel [OPTIONS] <TARGET>
+
+Opens a tunnel to TARGET (host:port or [v6addr]:port) through an HTTP or HTTPS proxy with
+CONNECT, then relays stdin to the tunnel and the tunnel to stdout (use it as an ssh
+ProxyCommand), or with --listen forwards local TCP connections through it.
+
+Options:
+  -x, --proxy <URL>            http://[user[:password]@]host[:port] or https://...
+                               default: HTTPS_PROXY, https_proxy, ALL_PROXY, all_proxy
+                               (NO_PROXY / no_proxy honoured: a match connects directly)
+  -U, --proxy-user <USER:PASSWORD>
+                               Basic credentials for the proxy (override the URL's)
+      --proxy-cacert <FILE>    PEM CA bundle to trust for an https:// proxy
+      --proxy-cert <FILE>      client certificate (PEM) for mutual TLS to the proxy
+      --proxy-key <FILE>       its private key (PEM)
+      --proxy-insecure         do not verify the proxy's certificate (warns on stderr)
+  -H, --proxy-header <\"Name: value\">
+                               extra header on the CONNECT request (repeatable)
+  -A, --user-agent <STRING>    User-Agent on the CONNECT request (empty: none)
+      --connect-timeout <SECS> deadline for resolve + connect + TLS + CONNECT exchange
+                               (default 30)
+  -l, --listen <ADDR>          forward mode: accept local TCP connections on ADDR and open
+                               one tunnel for each
+      --no-half-close          when the local side ends its sending direction, do not pass
+                               the half-close on (for proxies that then drop the tunnel)
+  -v, --verbose                log phases to stderr (-vv for more); never a password
+  -h, --help                   print this help
+  -V, --version                print the version
+
+Exit codes: 0 success; 1 the tunnel failed after it opened; 2 usage or invalid input;
+3 proxy unreachable (name, TCP or TLS failure); 4 proxy authentication required or rejected;
+5 other non-2xx reply; 6 invalid, oversize or truncated reply; 7 connect deadline passed.
+";
+
+/// What the command line asked for.
+struct Options {
+    target: Target,
+    proxy: Option<Proxy>,
+    config: Config,
+    insecure: bool,
+    timeout: Duration,
+    listen: Option<String>,
+    half_close: bool,
+    verbosity: u8,
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+struct Fail {
+    code: u8,
+    message: String,
+}
+
+impl Fail {
+    fn usage(message: impl Into<String>) -> Fail {
+        Fail {
+            code: 2,
+            message: format!("{}\nTry 'connect-tunnel --help'.", message.into()),
+        }
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        Fail {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("connect-tunnel: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run() -> Result<(), Fail> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(opts) = parse_args(&args)? else {
+        return Ok(());
+    };
+    init_logging(opts.verbosity);
+    if opts.insecure {
+        eprintln!(
+            "connect-tunnel: warning: --proxy-insecure: the proxy's certificate is NOT verified"
+        );
+    }
+    let proxy = match opts.proxy {
+        Some(p) => Some(p),
+        None => proxy_from_env(&opts.target)?,
+    };
+    let dial: Arc<Dial> = Arc::new(match proxy {
+        Some(proxy) => Dial::Proxy(Box::new(Connector::new(proxy, opts.config)?), opts.target),
+        None => {
+            log::info!("NO_PROXY matches {}: connecting directly", opts.target);
+            Dial::Direct(opts.target, opts.timeout)
+        }
+    });
+    match opts.listen {
+        None => stdio_mode(&dial, opts.half_close),
+        Some(addr) => forward_mode(dial, &addr, opts.half_close),
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
+    let mut target = None;
+    let mut proxy_url = None;
+    let mut user = None;
+    let mut cacert = None;
+    let (mut cert, mut key) = (None, None);
+    let mut insecure = false;
+    let mut headers = Vec::new();
+    let mut user_agent = None;
+    let mut timeout = None;
+    let mut listen = None;
+    let mut half_close = true;
+    let mut verbosity = 0u8;
+
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        // Accept both "--opt value" and "--opt=value".
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String, Fail> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| Fail::usage(format!("{name} needs a value"))),
+            }
+        };
+        match name {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "-V" | "--version" => {
+                println!("connect-tunnel {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "-x" | "--proxy" => proxy_url = Some(value(name)?),
+            "-U" | "--proxy-user" => user = Some(value(name)?),
+            "--proxy-cacert" => cacert = Some(value(name)?),
+            "--proxy-cert" => cert = Some(value(name)?),
+            "--proxy-key" => key = Some(value(name)?),
+            "--proxy-insecure" => insecure = true,
+            "-H" | "--proxy-header" => headers.push(value(name)?),
+            "-A" | "--user-agent" => user_agent = Some(value(name)?),
+            "--connect-timeout" => {
+                let v = value(name)?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s < 1e9)
+                    .ok_or_else(|| {
+                        Fail::usage(format!(
+                            "--connect-timeout: not a positive number of seconds: {v}"
+                        ))
+                    })?;
+                timeout = Some(Duration::from_secs_f64(secs));
+            }
+            "-l" | "--listen" => listen = Some(value(name)?),
+            "--no-half-close" => half_close = false,
+            "-v" | "--verbose" => verbosity += 1,
+            "-vv" => verbosity += 2,
+            _ if name.starts_with('-') && name.len() > 1 => {
+                return Err(Fail::usage(format!("unknown option {name}")))
+            }
+            _ if target.is_none() => target = Some(arg.clone()),
+            _ => return Err(Fail::usage(format!("unexpected argument {arg}"))),
+        }
+    }
+
+    let target = Target::parse(&target.ok_or_else(|| Fail::usage("missing TARGET (host:port)"))?)?;
+    let proxy = proxy_url.as_deref().map(Proxy::parse).transpose()?;
+    let mut config = Config::default();
+    if let Some(user) = user {
+        config = config.credentials(Some(Credentials::parse(&user)?));
+    }
+    if let Some(path) = cacert {
+        config = config.proxy_ca_file(path);
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => config = config.proxy_client_cert(c, k),
+        (None, None) => {}
+        _ => return Err(Fail::usage("--proxy-cert and --proxy-key go together")),
+    }
+    config = config.proxy_verify(!insecure);
+    for h in &headers {
+        config = config.header(h)?;
+    }
+    if let Some(ua) = user_agent {
+        config = config.user_agent((!ua.is_empty()).then_some(ua.as_str()));
+    }
+    let timeout = timeout.unwrap_or(Duration::from_secs(30));
+    config = config.connect_timeout(timeout);
+    Ok(Some(Options {
+        target,
+        proxy,
+        config,
+        insecure,
+        timeout,
+        listen,
+        half_close,
+        verbosity,
+    }))
+}
+
+/// The proxy from the environment, as curl reads it; `None` when NO_PROXY matches the target.
+fn proxy_from_env(target: &Target) -> Result<Option<Proxy>, Fail> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let url = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .into_iter()
+        .find_map(var)
+        .ok_or_else(|| Fail::usage("no proxy: give -x/--proxy or set HTTPS_PROXY"))?;
+    let no_proxy = var("NO_PROXY")
+        .or_else(|| var("no_proxy"))
+        .unwrap_or_default();
+    if no_proxy_matches(&no_proxy, target.host()) {
+        return Ok(None);
+    }
+    Ok(Some(Proxy::parse(&url)?))
+}
+
+/// curl's NO_PROXY rules: `*` matches all; otherwise a comma-separated list of names (a
+/// leading dot optional) matching the host itself or any subdomain, or exact IP addresses.
+fn no_proxy_matches(list: &str, host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .any(|entry| {
+            if entry == "*" {
+                return true;
+            }
+            let entry = entry
+                .trim_start_matches('.')
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            let entry = entry.trim_start_matches('[').trim_end_matches(']');
+            host == entry || host.ends_with(&format!(".{entry}"))
+        })
+}
+
+/// How to reach the target: through the proxy, or directly when NO_PROXY says so.
+enum Dial {
+    Proxy(Box<Connector>, Target),
+    Direct(Target, Duration),
+}
+
+/// Connection halves: something to read from and something to write to, with half-close.
+type Halves = (Box<dyn Read + Send>, Box<dyn HalfWrite + Send>);
+
+/// A writer whose sending direction can be ended on its own.
+trait HalfWrite: Write {
+    fn shutdown_write(&mut self) -> io::Result<()>;
+}
+
+impl HalfWrite for connect_tunnel::TunnelWriter {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        connect_tunnel::TunnelWriter::shutdown_write(self)
+    }
+}
+
+impl HalfWrite for TcpStream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+impl HalfWrite for io::Stdout {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.flush()
+    }
+}
+
+impl Dial {
+    fn open(&self) -> Result<Halves, Fail> {
+        match self {
+            Dial::Proxy(connector, target) => {
+                let (r, w) = connector.connect(target)?.split();
+                Ok((Box::new(r), Box::new(w)))
+            }
+            Dial::Direct(target, timeout) => {
+                let addrs =
+                    std::net::ToSocketAddrs::to_socket_addrs(&(target.host(), target.port()))
+                        .map_err(|e| Fail {
+                            code: 3,
+                            message: format!("cannot resolve {}: {e}", target.host()),
+                        })?;
+                let mut last = None;
+                for addr in addrs {
+                    match TcpStream::connect_timeout(&addr, *timeout) {
+                        Ok(s) => {
+                            let _ = s.set_nodelay(true);
+                            let r = s.try_clone().map_err(|e| Fail {
+                                code: 1,
+                                message: e.to_string(),
+                            })?;
+                            return Ok((Box::new(r), Box::new(s)));
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(Fail {
+                    code: 3,
+                    message: format!(
+                        "cannot connect to {target}: {}",
+                        last.map_or("no address".into(), |e| e.to_string())
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// Copies `from` to `to` with one fixed buffer until end of stream, then half-closes `to`
+/// (when `half_close`). Returns the bytes copied.
+fn pump(mut from: impl Read, to: &mut dyn HalfWrite, half_close: bool) -> io::Result<u64> {
+    let mut buf = [0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        to.flush()?;
+        total += n as u64;
+    }
+    if half_close {
+        to.shutdown_write()?;
+    }
+    Ok(total)
+}
+
+/// stdin -> tunnel, tunnel -> stdout. Ends when the tunnel's receiving side ends.
+fn stdio_mode(dial: &Dial, half_close: bool) -> Result<(), Fail> {
+    let (tunnel_in, mut tunnel_out) = dial.open()?;
+    std::thread::spawn(move || {
+        let stdin = io::stdin();
+        match pump(stdin.lock(), &mut *tunnel_out, half_close) {
+            Ok(n) => log::debug!("exchange: stdin ended after {n} bytes"),
+            Err(e) => log::warn!("exchange: sending: {e}"),
+        }
+        // Without half-close the writer is kept until the process ends.
+        if !half_close {
+            std::mem::forget(tunnel_out);
+        }
+    });
+    let mut stdout = io::stdout();
+    let result = pump(tunnel_in, &mut stdout, false);
+    match result {
+        Ok(n) => {
+            log::info!("close: tunnel ended after {n} bytes received");
+            Ok(())
+        }
+        Err(e) => Err(Fail {
+            code: 1,
+            message: format!("exchange: {e}"),
+        }),
+    }
+}
+
+/// Accepts local connections and opens one tunnel for each.
+fn forward_mode(dial: Arc<Dial>, addr: &str, half_close: bool) -> Result<(), Fail> {
+    let listener = TcpListener::bind(addr).map_err(|e| Fail {
+        code: 2,
+        message: format!("cannot listen on {addr}: {e}"),
+    })?;
+    let local = listener.local_addr().map_err(|e| Fail {
+        code: 1,
+        message: e.to_string(),
+    })?;
+    eprintln!("connect-tunnel: listening on {local}");
+    for conn in listener.incoming() {
+        let client = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("accept: {e}");
+                continue;
+            }
+        };
+        let dial = dial.clone();
+        std::thread::spawn(move || {
+            let peer = client
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            if let Err(f) = forward_one(&dial, client, half_close) {
+                eprintln!("connect-tunnel: {peer}: {}", f.message);
+            }
+        });
+    }
+    Ok(())
+}
+
+fn forward_one(dial: &Dial, client: TcpStream, half_close: bool) -> Result<(), Fail> {
+    let _ = client.set_nodelay(true);
+    let (tunnel_in, mut tunnel_out) = dial.open()?;
+    let io_fail = |e: io::Error| Fail {
+        code: 1,
+        message: format!("exchange: {e}"),
+    };
+    let client_in = client.try_clone().map_err(io_fail)?;
+    let up = std::thread::spawn(move || pump(client_in, &mut *tunnel_out, half_close));
+    let mut client_out = client;
+    let down = pump(tunnel_in, &mut client_out, true);
+    let up = up
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("relay thread panicked")));
+    let _ = client_out.shutdown(Shutdown::Both);
+    let (down, up) = (down.map_err(io_fail)?, up.map_err(io_fail)?);
+    log::info!("close: {up} bytes sent, {down} bytes received");
+    Ok(())
+}
+
+/// A minimal `log` backend: one line per record on stderr.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!(
+                "connect-tunnel: {}: {}",
+                record.level().as_str().to_ascii_lowercase(),
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_logging(verbosity: u8) {
+    static LOGGER: StderrLog = StderrLog;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(match verbosity {
+            0 => log::LevelFilter::Warn,
+            1 => log::LevelFilter::Info,
+            _ => log::LevelFilter::Debug,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_proxy_rules() {
+        assert!(no_proxy_matches("*", "anything"));
+        assert!(no_proxy_matches("example.com", "example.com"));
+        assert!(no_proxy_matches("example.com", "cam.Example.com"));
+        assert!(no_proxy_matches(" .example.com , other", "cam.example.com"));
+        assert!(!no_proxy_matches("example.com", "badexample.com"));
+        assert!(no_proxy_matches("10.0.0.1,::1", "::1"));
+        assert!(!no_proxy_matches("", "host"));
+    }
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for bad in [
+            &[][..],
+            &["--bogus", "h:1"],
+            &["h"],
+            &["-x"],
+            &["--connect-timeout", "-1", "h:1"],
+            &["-H", "X: a\r\nY: b", "h:1"],
+            &["--proxy-cert", "c.pem", "h:1"],
+            &["-x", "ftp://p", "h:1"],
+            &["h:1", "extra"],
+        ] {
+            match parse_args(&args(bad)) {
+                Err(f) => assert_eq!(f.code, 2, "{bad:?}"),
+                Ok(_) => panic!("{bad:?} accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn options_parse() {
+        let o = parse_args(&args(&[
+            "-x",
+            "http://p:3128",
+            "--proxy-user=u:p",
+            "-H",
+            "X-A: 1",
+            "--no-half-close",
+            "-vv",
+            "[::1]:22",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.target.to_string(), "[::1]:22");
+        assert_eq!(o.proxy.unwrap().port(), 3128);
+        assert!(!o.half_close);
+        assert_eq!(o.verbosity, 2);
+    }
+}
