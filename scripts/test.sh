@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of connect-tunnel, installing what the tests need first (Debian's apt; root).
+# Usage: scripts/test.sh            (CI=true makes a missing proxy daemon a failure, not a skip)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== installing test peers (squid-openssl, openssh-server, ...)"
+bash scripts/install-test-deps.sh
+
+echo "== format and lints"
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+
+echo "== tests: unit, scripted proxies, real Squid, ssh, examples, doc tests"
+cargo test --all-targets
+cargo test --doc
+
+echo "== main job, as a test: cargo run --release --example camera_stream"
+cargo run --release --example camera_stream -- --duration 3
+
+echo "== all tests passed"
