@@ -109,9 +109,21 @@ pub fn free_port() -> u16 {
     panic!("free_port: no free loopback port found in 100 tries");
 }
 
-/// True if a TCP connection to `addr` succeeds within `timeout`.
+/// True if a TCP connection to `addr` succeeds within `timeout`: retries (every 20 ms) while the
+/// connection is refused, so it also waits for a listener that is still starting. The probe
+/// connection is closed at once.
 pub fn port_accepts(addr: SocketAddr, timeout: Duration) -> bool {
-    TcpStream::connect_timeout(&addr, timeout).is_ok()
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        if TcpStream::connect_timeout(&addr, left).is_ok() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20).min(left));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
