@@ -192,22 +192,22 @@ pub fn read_to_string_lossy(path: &Path) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Users and processes (a little libc through std's own link; no extra crate)
+// Users and processes (from /proc and kill(1): no unsafe code, no extra crate)
 // ---------------------------------------------------------------------------------------------
-
-mod ffi {
-    extern "C" {
-        pub fn geteuid() -> u32;
-        pub fn kill(pid: i32, sig: i32) -> i32;
-    }
-}
 
 pub const SIGINT: i32 = 2;
 pub const SIGTERM: i32 = 15;
 
+/// The effective uid, from the `Uid:` line of /proc/self/status (real, effective, ...).
 pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { ffi::geteuid() }
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1)?.parse().ok())
+        })
+        .expect("effective uid from /proc/self/status")
 }
 
 pub fn is_root() -> bool {
@@ -248,12 +248,13 @@ pub fn stop_child(child: &mut Child, signal: i32, grace: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: the pid is our own unreaped child, so it cannot have been recycled.
-        unsafe {
-            ffi::kill(pid, signal);
-        }
-    }
+    // The pid is our own unreaped child, so it cannot have been recycled.
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     if wait_child_for(child, grace).is_some() {
         return;
     }
