@@ -21,7 +21,11 @@ use crate::error::{Error, InvalidInput, Phase};
 
 /// Size of each raw socket read on the TLS path, and of the buffer TLS records are staged in
 /// before they are written.
-pub const TLS_IO_CHUNK: usize = 16 * 1024 + 256;
+///
+/// Raw bytes are handed to rustls only once its decrypted data has been read out, and rustls
+/// refuses more input while it holds over 16 KiB of decrypted data; decrypted data is never
+/// larger than the records it came from, so reading at most 16 KiB at a time keeps within that.
+pub const TLS_IO_CHUNK: usize = 16 * 1024;
 
 /// Socket options applied to the connection to the proxy, through socket2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
