@@ -1,0 +1,10 @@
+//! Code shared by the examples: the reference reverse proxy, the RTP media source and server, and
+//! a small stderr logger.
+//!
+//! Each example includes this folder with `#[path = "common/mod.rs"] mod common;` and uses the
+//! parts it needs, so items one example does not use are expected.
+#![allow(dead_code)]
+
+pub mod logger;
+
+pub mod reverse_proxy;
