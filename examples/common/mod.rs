@@ -6,5 +6,5 @@
 #![allow(dead_code)]
 
 pub mod logger;
-
+pub mod media;
 pub mod reverse_proxy;

@@ -460,6 +460,8 @@ enum Decision {
 
 fn handle_connection(id: u64, socket: TcpStream, shared: &Shared) {
     let started = Instant::now();
+    // Replies and relayed media are small writes that must not wait for delayed ACKs.
+    let _ = socket.set_nodelay(true);
     let peer = socket
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -663,7 +665,15 @@ fn read_head(
             .map_err(|e| match e.kind() {
                 io::ErrorKind::TimedOut => HeadError::Reply(408, "head deadline passed".into()),
                 _ => HeadError::Io(e),
-            })?;
+            });
+        let n = match n {
+            // A TLS client that goes away between requests (after a 407, say) without
+            // close_notify is still a clean end of the connection.
+            Err(HeadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof && *filled == 0 => {
+                return Ok(None)
+            }
+            other => other?,
+        };
         if n == 0 {
             return if *filled == 0 {
                 Ok(None)
