@@ -36,18 +36,22 @@
 #![deny(missing_docs)]
 
 mod address;
+mod auth;
+mod body;
 mod config;
 mod error;
 mod handshake;
+mod md5;
 mod reply;
 mod request;
 mod transport;
 mod tunnel;
 
 pub use address::{Credentials, Proxy, ProxyScheme, Target};
+pub use body::BodyLength;
 pub use config::{Config, DEFAULT_USER_AGENT};
 pub use error::{Error, InvalidInput, Phase, ReplyProblem};
-pub use handshake::{ConnectHandshake, Handshake};
+pub use handshake::{ConnectHandshake, Handshake, Step, MAX_AUTH_ATTEMPTS};
 pub use reply::{
     try_parse_reply, Reply, MAX_INTERIM_REPLIES, MAX_REPLY_HEADERS, REPLY_HEAD_CAPACITY,
 };

@@ -55,51 +55,60 @@ impl<'b> Reply<'_, 'b> {
     /// The authentication schemes offered in the challenge headers: `Proxy-Authenticate` for a
     /// 407, `WWW-Authenticate` for a 401. A header may carry several challenges.
     pub fn auth_schemes(&self) -> impl Iterator<Item = &'b str> + '_ {
+        self.challenges().into_iter().map(|c| c.scheme)
+    }
+
+    /// Every challenge in the challenge headers, in order.
+    pub(crate) fn challenges(&self) -> Vec<crate::auth::Challenge<'b>> {
         let name = if self.status == 401 {
             "WWW-Authenticate"
         } else {
             "Proxy-Authenticate"
         };
-        self.header_values(name).flat_map(challenge_schemes)
+        self.header_values(name)
+            .flat_map(crate::auth::challenges)
+            .collect()
     }
-}
 
-/// Scheme names in one challenge header value, e.g. `Digest realm="a", qop="auth", Basic`.
-fn challenge_schemes(value: &str) -> impl Iterator<Item = &str> {
-    split_outside_quotes(value).filter_map(|item| {
-        let item = item.trim_start_matches([' ', '\t']);
-        let end = item.find(|c: char| !is_token_char(c)).unwrap_or(item.len());
-        let (token, rest) = item.split_at(end);
-        let is_param = rest.trim_start_matches([' ', '\t']).starts_with('=');
-        (!token.is_empty() && !is_param).then_some(token)
-    })
-}
-
-fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
-}
-
-/// Splits at commas that are not inside a quoted string.
-fn split_outside_quotes(s: &str) -> impl Iterator<Item = &str> {
-    let mut rest = Some(s);
-    std::iter::from_fn(move || {
-        let s = rest?;
-        let (mut quoted, mut escaped) = (false, false);
-        for (i, c) in s.char_indices() {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' if quoted => escaped = true,
-                '"' => quoted = !quoted,
-                ',' if !quoted => {
-                    rest = Some(&s[i + 1..]);
-                    return Some(&s[..i]);
-                }
-                _ => {}
-            }
+    /// How the body that follows this head is delimited, for a reply that does not open the
+    /// tunnel: `Transfer-Encoding` first, then `Content-Length`, else until close.
+    pub fn body_length(&self) -> crate::body::BodyLength {
+        use crate::body::BodyLength;
+        if let Some(te) = self.header_values("Transfer-Encoding").last() {
+            let last = te.rsplit(',').next().unwrap_or("").trim();
+            return if last.eq_ignore_ascii_case("chunked") {
+                BodyLength::Chunked
+            } else {
+                BodyLength::UntilClose
+            };
         }
-        rest = None;
-        Some(s)
-    })
+        let mut lengths = self
+            .header_values("Content-Length")
+            .flat_map(|v| v.split(','));
+        match lengths.next().map(|v| v.trim().parse::<u64>()) {
+            Some(Ok(n)) if lengths.all(|v| v.trim().parse::<u64>() == Ok(n)) => {
+                BodyLength::Exactly(n)
+            }
+            _ => BodyLength::UntilClose,
+        }
+    }
+
+    /// Whether the proxy keeps the connection open after this reply: HTTP/1.1 unless
+    /// `Connection: close` (or `Proxy-Connection: close`); HTTP/1.0 only with `keep-alive`.
+    pub fn keeps_alive(&self) -> bool {
+        let has = |token: &str| {
+            ["Connection", "Proxy-Connection"].iter().any(|name| {
+                self.header_values(name)
+                    .flat_map(|v| v.split(','))
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+        };
+        if self.version >= 1 {
+            !has("close")
+        } else {
+            has("keep-alive") && !has("close")
+        }
+    }
 }
 
 /// Parses one reply head from the start of `input`.

@@ -75,17 +75,35 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// What goes into one CONNECT request.
+/// What goes into one CONNECT request. Made with [`ConnectRequest::new`]; fields may be added.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct ConnectRequest<'a> {
     /// The authority to open: `CONNECT {target} HTTP/1.1` and `Host: {target}`.
     pub target: &'a Target,
-    /// Sent as `Proxy-Authorization: Basic …` unless `headers` has its own `Proxy-Authorization`.
+    /// Sent as `Proxy-Authorization: Basic …` unless `authorization` is set or `headers` has
+    /// its own `Proxy-Authorization`.
     pub credentials: Option<&'a Credentials>,
+    /// A complete `Proxy-Authorization` value (a Digest answer, a token), sent instead of
+    /// Basic. A `Proxy-Authorization` in `headers` still wins. Refused if it holds CR, LF or NUL.
+    pub authorization: Option<&'a str>,
     /// The `User-Agent` value; `None` sends none. A `User-Agent` in `headers` replaces it.
     pub user_agent: Option<&'a str>,
     /// Extra headers, in order. A `Host` here replaces the default one.
     pub headers: &'a [Header],
+}
+
+impl<'a> ConnectRequest<'a> {
+    /// A request for `target` with no credentials, no `User-Agent` and no extra headers.
+    pub fn new(target: &'a Target) -> Self {
+        ConnectRequest {
+            target,
+            credentials: None,
+            authorization: None,
+            user_agent: None,
+            headers: &[],
+        }
+    }
 }
 
 /// Encodes `req` into `buf` and returns the number of bytes written.
@@ -104,11 +122,18 @@ pub fn encode_connect(req: &ConnectRequest<'_>, buf: &mut [u8]) -> Result<usize,
         w.display(req.target)?;
         w.put(b"\r\n")?;
     }
-    if let (Some(c), false) = (req.credentials, has("Proxy-Authorization")) {
-        w.put(b"Proxy-Authorization: Basic ")?;
-        let plain = c.user().bytes().chain(*b":").chain(c.password().bytes());
-        w.base64(plain)?;
-        w.put(b"\r\n")?;
+    if !has("Proxy-Authorization") {
+        if let Some(value) = req.authorization {
+            check_no_forbidden(value.as_bytes(), Phase::BuildConnect, "proxy authorization")?;
+            w.put(b"Proxy-Authorization: ")?;
+            w.put(value.as_bytes())?;
+            w.put(b"\r\n")?;
+        } else if let Some(c) = req.credentials {
+            w.put(b"Proxy-Authorization: Basic ")?;
+            let plain = c.user().bytes().chain(*b":").chain(c.password().bytes());
+            w.base64(plain)?;
+            w.put(b"\r\n")?;
+        }
     }
     if let (Some(ua), false) = (req.user_agent, has("User-Agent")) {
         check_no_forbidden(ua.as_bytes(), Phase::BuildConnect, "user agent")?;
@@ -199,6 +224,7 @@ mod tests {
         let req = ConnectRequest {
             target: &t,
             credentials: None,
+            authorization: None,
             user_agent: None,
             headers: &[],
         };
@@ -217,6 +243,7 @@ mod tests {
         let req = ConnectRequest {
             target: &t,
             credentials: Some(&c),
+            authorization: None,
             user_agent: Some("connect-tunnel/0.1"),
             headers: &h,
         };
@@ -243,11 +270,38 @@ mod tests {
             let req = ConnectRequest {
                 target: &t,
                 credentials: Some(&c),
+                authorization: None,
                 user_agent: None,
                 headers: &[],
             };
             assert!(encode(&req).contains(&format!("Basic {b64}\r\n")), "{user}");
         }
+    }
+
+    #[test]
+    fn authorization_value_replaces_basic() {
+        let t = Target::parse("h:1").unwrap();
+        let c = Credentials::new("u", "p").unwrap();
+        let req = ConnectRequest {
+            credentials: Some(&c),
+            authorization: Some("Digest username=\"u\""),
+            ..ConnectRequest::new(&t)
+        };
+        assert_eq!(
+            encode(&req),
+            "CONNECT h:1 HTTP/1.1\r\nHost: h:1\r\nProxy-Authorization: Digest username=\"u\"\r\n\r\n"
+        );
+        let req = ConnectRequest {
+            authorization: Some("Bearer a\r\nX: y"),
+            ..ConnectRequest::new(&t)
+        };
+        assert!(matches!(
+            encode_connect(&req, &mut [0u8; 256]),
+            Err(Error::InvalidInput {
+                kind: InvalidInput::ForbiddenByte,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -262,6 +316,7 @@ mod tests {
         let req = ConnectRequest {
             target: &t,
             credentials: Some(&c),
+            authorization: None,
             user_agent: Some("x"),
             headers: &h,
         };
@@ -300,6 +355,7 @@ mod tests {
         let req = ConnectRequest {
             target: &t,
             credentials: None,
+            authorization: None,
             user_agent: Some("a\nb"),
             headers: &[],
         };
@@ -312,6 +368,7 @@ mod tests {
         let req = ConnectRequest {
             target: &t,
             credentials: None,
+            authorization: None,
             user_agent: None,
             headers: &[],
         };

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 
 use crate::address::{Proxy, ProxyScheme, Target};
+use crate::body::{BodyLength, ChunkedSkipper};
 use crate::config::Config;
 use crate::error::{Error, InvalidInput, Phase, ReplyProblem};
-use crate::handshake::{ConnectHandshake, Handshake};
+use crate::handshake::{ConnectHandshake, Handshake, Step};
 use crate::reply::REPLY_HEAD_CAPACITY;
 use crate::request::{ConnectRequest, REQUEST_CAPACITY};
 use crate::transport::{self, io_error, remaining, ReadSide, WriteSide};
@@ -74,16 +75,14 @@ impl Connector {
 
     /// Opens a tunnel to `target` with CONNECT and returns it for the caller to drive.
     pub fn connect(&self, target: &Target) -> Result<Tunnel, Error> {
-        let request = ConnectRequest {
-            target,
-            credentials: self
-                .config
-                .credentials
-                .as_ref()
-                .or(self.proxy.credentials()),
-            user_agent: self.config.user_agent.as_deref(),
-            headers: &self.config.headers,
-        };
+        let mut request = ConnectRequest::new(target);
+        request.credentials = self
+            .config
+            .credentials
+            .as_ref()
+            .or(self.proxy.credentials());
+        request.user_agent = self.config.user_agent.as_deref();
+        request.headers = &self.config.headers;
         log::info!("acquire addresses: proxy {}, target {target}", self.proxy);
         self.connect_with(&mut ConnectHandshake::new(request))
     }
@@ -101,7 +100,7 @@ impl Connector {
 
     /// Opens a tunnel using any [`Handshake`]: the seam for ways through a proxy other than
     /// CONNECT. One deadline ([`Config::connect_timeout`]) bounds every phase up to the open
-    /// tunnel.
+    /// tunnel, retries after authentication challenges included.
     pub fn connect_with(&self, handshake: &mut dyn Handshake) -> Result<Tunnel, Error> {
         let started = Instant::now();
         let deadline = started + self.config.connect_timeout;
@@ -113,16 +112,62 @@ impl Connector {
             self.proxy.host()
         );
 
-        // Build CONNECT, into the buffer the reply will be read into afterwards.
+        // The request is built in the buffer the reply is read into afterwards.
         let mut head = vec![0u8; REPLY_HEAD_CAPACITY.max(REQUEST_CAPACITY)].into_boxed_slice();
-        let request_len = handshake.encode_request(&mut head[..REQUEST_CAPACITY])?;
-        log::debug!(
-            "build CONNECT: {} request, {request_len} bytes",
-            handshake.name()
-        );
+        let mut connection: Option<(ReadSide, WriteSide)> = None;
+        loop {
+            // Build CONNECT.
+            let request_len = handshake.encode_request(&mut head[..REQUEST_CAPACITY])?;
+            log::debug!(
+                "build CONNECT: {} request, {request_len} bytes",
+                handshake.name()
+            );
 
-        // Write: TCP to the first address that answers, TLS, then the request.
-        let mut sock = transport::connect_tcp(&addrs, &self.config.socket, deadline)?;
+            // Write: TCP to the first address that answers and TLS, unless a connection kept
+            // alive after an authentication challenge is reused; then the request.
+            let (rx, tx) = match connection.as_mut() {
+                Some(open) => open,
+                None => connection.insert(self.open(&addrs, deadline)?),
+            };
+            tx.write_all_by(&head[..request_len], deadline)
+                .map_err(|e| io_error(e, Phase::Write))?;
+            log::debug!("write: request sent");
+
+            // Await reply.
+            let (step, filled) = await_reply(rx, handshake, &mut head, deadline)?;
+            match step {
+                Step::Open { reply_len } => {
+                    let Some((rx, tx)) = connection else {
+                        unreachable!("a reply was read on this connection")
+                    };
+                    return open_tunnel(rx, tx, head, reply_len, filled, started);
+                }
+                Step::Retry {
+                    reply_len,
+                    body,
+                    keep_alive,
+                } => {
+                    let reused =
+                        keep_alive && skip_body(rx, &mut head, reply_len, filled, body, deadline)?;
+                    log::debug!(
+                        "await reply: retrying on {} connection",
+                        if reused { "the same" } else { "a new" }
+                    );
+                    if !reused {
+                        connection = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens TCP to the proxy and, for an `https://` proxy, TLS.
+    fn open(
+        &self,
+        addrs: &[std::net::SocketAddr],
+        deadline: Instant,
+    ) -> Result<(ReadSide, WriteSide), Error> {
+        let mut sock = transport::connect_tcp(addrs, &self.config.socket, deadline)?;
         let tls = match &self.tls {
             None => None,
             Some((config, name)) => {
@@ -135,69 +180,136 @@ impl Connector {
                 Some(conn)
             }
         };
-        let (mut rx, mut tx) = transport::sides(sock, tls).map_err(|source| Error::Io {
+        transport::sides(sock, tls).map_err(|source| Error::Io {
             phase: Phase::Write,
             source,
-        })?;
-        tx.write_all_by(&head[..request_len], deadline)
-            .map_err(|e| io_error(e, Phase::Write))?;
-        log::debug!("write: request sent");
-
-        // Await reply.
-        let phase = Phase::AwaitReply;
-        let mut filled = 0;
-        let consumed = loop {
-            if filled == head.len() {
-                return Err(Error::Reply {
-                    problem: ReplyProblem::HeadTooLarge,
-                });
-            }
-            remaining(deadline, phase)?;
-            let n = match rx.read(&mut head[filled..], Some(deadline)) {
-                Ok(0) => {
-                    return Err(Error::Reply {
-                        problem: ReplyProblem::ClosedEarly,
-                    })
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(Error::Reply {
-                        problem: ReplyProblem::ClosedEarly,
-                    })
-                }
-                Err(e) => return Err(io_error(e, phase)),
-            };
-            filled += n;
-            if let Some(consumed) = handshake.try_reply(&head[..filled])? {
-                break consumed;
-            }
-        };
-
-        // The exchange has no deadline: clear the handshake's socket timeouts.
-        rx.socket()
-            .set_read_timeout(None)
-            .and_then(|()| tx.set_write_timeout(None))
-            .map_err(|source| Error::Io { phase, source })?;
-        let handshake_time = started.elapsed();
-        log::info!(
-            "await reply: tunnel open in {handshake_time:?}, {} stream bytes arrived with the reply",
-            filled - consumed
-        );
-        Ok(Tunnel {
-            reader: TunnelReader {
-                side: rx,
-                head,
-                pos: consumed,
-                end: filled,
-            },
-            writer: TunnelWriter {
-                side: tx,
-                write_closed: false,
-            },
-            handshake_time,
         })
     }
+}
+
+/// Reads into `head` until the handshake decides; returns its step and the bytes read.
+fn await_reply(
+    rx: &mut ReadSide,
+    handshake: &mut dyn Handshake,
+    head: &mut [u8],
+    deadline: Instant,
+) -> Result<(Step, usize), Error> {
+    let phase = Phase::AwaitReply;
+    let closed_early = Error::Reply {
+        problem: ReplyProblem::ClosedEarly,
+    };
+    let mut filled = 0;
+    loop {
+        if filled == head.len() {
+            return Err(Error::Reply {
+                problem: ReplyProblem::HeadTooLarge,
+            });
+        }
+        remaining(deadline, phase)?;
+        match rx.read(&mut head[filled..], Some(deadline)) {
+            Ok(0) => return Err(closed_early),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(closed_early),
+            Err(e) => return Err(io_error(e, phase)),
+        }
+        if let Some(step) = handshake.try_reply(&head[..filled])? {
+            return Ok((step, filled));
+        }
+    }
+}
+
+/// Largest body of a refusal that is read and discarded to keep its connection; a larger one
+/// means a new connection instead.
+const MAX_SKIPPED_BODY: u64 = 64 * 1024;
+
+/// Reads and discards the body after a reply head, so the connection can carry the next
+/// request. `head[start..filled]` holds bytes already read past the head. Returns whether the
+/// connection is fit for reuse: `false` for a body delimited by close, a body over
+/// [`MAX_SKIPPED_BODY`], broken framing, bytes beyond the body, or a connection that ended.
+fn skip_body(
+    rx: &mut ReadSide,
+    head: &mut [u8],
+    start: usize,
+    filled: usize,
+    body: BodyLength,
+    deadline: Instant,
+) -> Result<bool, Error> {
+    let (mut pos, mut end) = (start, filled);
+    let mut skipped = 0u64;
+    let mut chunked = ChunkedSkipper::new();
+    loop {
+        let pending = &head[pos..end];
+        let (used, done) = match body {
+            BodyLength::Exactly(n) if n > MAX_SKIPPED_BODY => return Ok(false),
+            BodyLength::Exactly(n) => {
+                let used = (n - skipped).min(pending.len() as u64) as usize;
+                (used, skipped + used as u64 == n)
+            }
+            BodyLength::Chunked => match chunked.skip(pending) {
+                Ok(used) => (used, chunked.is_done()),
+                Err(_) => return Ok(false),
+            },
+            _ => return Ok(false),
+        };
+        pos += used;
+        skipped += used as u64;
+        if done {
+            // Anything after the body was not asked for: do not reuse the connection.
+            return Ok(pos == end);
+        }
+        if skipped > MAX_SKIPPED_BODY {
+            return Ok(false);
+        }
+        remaining(deadline, Phase::AwaitReply)?;
+        match rx.read(head, Some(deadline)) {
+            Ok(0) => return Ok(false),
+            Ok(n) => (pos, end) = (0, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => (pos, end) = (0, 0),
+            Err(e) => {
+                return match io_error(e, Phase::AwaitReply) {
+                    timeout @ Error::Timeout { .. } => Err(timeout),
+                    _ => Ok(false),
+                }
+            }
+        }
+    }
+}
+
+/// The tunnel is open: clear the handshake's timeouts and hand over the stream.
+fn open_tunnel(
+    rx: ReadSide,
+    tx: WriteSide,
+    head: Box<[u8]>,
+    reply_len: usize,
+    filled: usize,
+    started: Instant,
+) -> Result<Tunnel, Error> {
+    rx.socket()
+        .set_read_timeout(None)
+        .and_then(|()| tx.set_write_timeout(None))
+        .map_err(|source| Error::Io {
+            phase: Phase::AwaitReply,
+            source,
+        })?;
+    let handshake_time = started.elapsed();
+    log::info!(
+        "await reply: tunnel open in {handshake_time:?}, {} stream bytes arrived with the reply",
+        filled - reply_len
+    );
+    Ok(Tunnel {
+        reader: TunnelReader {
+            side: rx,
+            head,
+            pos: reply_len,
+            end: filled,
+        },
+        writer: TunnelWriter {
+            side: tx,
+            write_closed: false,
+        },
+        handshake_time,
+    })
 }
 
 /// An open tunnel: raw bytes both ways over the connection to the proxy.
