@@ -527,3 +527,49 @@ fn print_summary(
     println!("result           {}", if ok { "PASS" } else { "FAIL" });
     ok
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(list: &[&str]) -> Result<Option<Args>, String> {
+        parse_args(list.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn command_line_modes() {
+        let demo = parse(&["--duration", "1.5"]).unwrap().unwrap();
+        assert!(matches!(demo.mode, Mode::Demo));
+        assert_eq!(demo.duration, Duration::from_millis(1500));
+        let camera = parse(&[
+            "--proxy",
+            "http://p:3128",
+            "--target",
+            "m:5004",
+            "--proxy-insecure",
+        ])
+        .unwrap()
+        .unwrap();
+        assert!(matches!(camera.mode, Mode::Camera { insecure: true, .. }));
+        let serve = parse(&["--serve", "127.0.0.1:5004"]).unwrap().unwrap();
+        assert!(matches!(serve.mode, Mode::Serve { .. }));
+        assert!(parse(&["--help"]).unwrap().is_none());
+        assert!(parse(&["--proxy", "http://p:3128"]).is_err());
+        assert!(parse(&["--serve", "x:1", "--proxy", "http://p", "--target", "m:1"]).is_err());
+        assert!(parse(&["--duration", "0"]).is_err());
+        assert!(parse(&["--duration", "NaN"]).is_err());
+        assert!(parse(&["--proxy-insecure"]).is_err());
+        assert!(parse(&["--frobnicate"]).is_err());
+    }
+
+    /// The whole demo, shortened: policy checks, half a second of media, a clean report.
+    #[test]
+    fn short_demo_passes() {
+        let args = Args {
+            mode: Mode::Demo,
+            duration: Duration::from_millis(500),
+            media: None,
+        };
+        assert_eq!(run_demo(&args), Ok(true));
+    }
+}
