@@ -57,7 +57,9 @@ pub use reply::{
 };
 pub use request::{encode_connect, ConnectRequest, Header, REQUEST_CAPACITY};
 pub use transport::{SocketOptions, TlsOptions, TrustAnchors, TLS_IO_CHUNK};
-pub use tunnel::{Connector, StreamHandler, Tunnel, TunnelReader, TunnelWriter};
+pub use tunnel::{
+    establish, Connector, Established, StreamHandler, Tunnel, TunnelReader, TunnelWriter,
+};
 
 /// Re-export of `httparse`, whose header type appears in [`Reply`].
 pub use httparse;

@@ -134,7 +134,7 @@ impl Connector {
             log::debug!("write: request sent");
 
             // Await reply.
-            let (step, filled) = await_reply(rx, handshake, &mut head, deadline)?;
+            let (step, filled) = await_reply(rx, handshake, &mut head, Some(deadline))?;
             match step {
                 Step::Open { reply_len } => {
                     let Some((rx, tx)) = connection else {
@@ -147,8 +147,8 @@ impl Connector {
                     body,
                     keep_alive,
                 } => {
-                    let reused =
-                        keep_alive && skip_body(rx, &mut head, reply_len, filled, body, deadline)?;
+                    let reused = keep_alive
+                        && skip_body(rx, &mut head, reply_len, filled, body, Some(deadline))?;
                     log::debug!(
                         "await reply: retrying on {} connection",
                         if reused { "the same" } else { "a new" }
@@ -187,12 +187,143 @@ impl Connector {
     }
 }
 
+/// A source of reply bytes whose reads can be bounded by a deadline.
+trait ReadBy {
+    fn read_by(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize>;
+}
+
+impl ReadBy for ReadSide {
+    fn read_by(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
+        self.read(buf, deadline)
+    }
+}
+
+/// Any `Read`: its own timeouts, if any, bound it.
+struct Unbounded<'s, S>(&'s mut S);
+
+impl<S: Read> ReadBy for Unbounded<'_, S> {
+    fn read_by(&mut self, buf: &mut [u8], _: Option<Instant>) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+/// Runs `handshake` over a stream the caller has already connected — any `Read + Write`: a
+/// TLS stream from another library, a serial link, an in-memory stream in a test — and returns
+/// the stream once the tunnel is open.
+///
+/// The phases are those of [`Connector::connect_with`] from build CONNECT on, with the same
+/// fixed buffers; time is bounded only by the stream's own timeouts. An authentication retry
+/// happens on the same stream when the proxy keeps it open; when the proxy closes it instead,
+/// this fails with an [`Error::Io`] of kind `ConnectionAborted` in the await reply phase,
+/// since only the caller can connect again.
+pub fn establish<S: Read + Write>(
+    mut stream: S,
+    handshake: &mut dyn Handshake,
+) -> Result<Established<S>, Error> {
+    let mut head = vec![0u8; REPLY_HEAD_CAPACITY.max(REQUEST_CAPACITY)].into_boxed_slice();
+    loop {
+        let request_len = handshake.encode_request(&mut head[..REQUEST_CAPACITY])?;
+        stream
+            .write_all(&head[..request_len])
+            .and_then(|()| stream.flush())
+            .map_err(|e| io_error(e, Phase::Write))?;
+        let (step, filled) = await_reply(&mut Unbounded(&mut stream), handshake, &mut head, None)?;
+        match step {
+            Step::Open { reply_len } => {
+                return Ok(Established {
+                    stream,
+                    head,
+                    pos: reply_len,
+                    end: filled,
+                })
+            }
+            Step::Retry {
+                reply_len,
+                body,
+                keep_alive,
+            } => {
+                let reusable = keep_alive
+                    && skip_body(
+                        &mut Unbounded(&mut stream),
+                        &mut head,
+                        reply_len,
+                        filled,
+                        body,
+                        None,
+                    )?;
+                if !reusable {
+                    return Err(Error::Io {
+                        phase: Phase::AwaitReply,
+                        source: io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "the proxy wants a new connection for the next attempt",
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A caller's stream after [`establish`]: reads return first the stream bytes that arrived with
+/// the proxy's reply, then the rest.
+pub struct Established<S> {
+    stream: S,
+    head: Box<[u8]>,
+    pos: usize,
+    end: usize,
+}
+
+impl<S> Established<S> {
+    /// Stream bytes that arrived with the reply and have not been read yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.head[self.pos..self.end]
+    }
+
+    /// The underlying stream. Reading from it directly skips [`buffered`](Self::buffered).
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    /// The underlying stream, mutably. Reading from it directly skips the buffered bytes.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+}
+
+impl<S: Read> Read for Established<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos < self.end {
+            return Ok(take_buffered(&self.head[..self.end], &mut self.pos, buf));
+        }
+        self.stream.read(buf)
+    }
+}
+
+impl<S: Write> Write for Established<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Copies buffered bytes `buffer[*pos..]` into `buf`, advancing `pos`.
+fn take_buffered(buffer: &[u8], pos: &mut usize, buf: &mut [u8]) -> usize {
+    let n = buf.len().min(buffer.len() - *pos);
+    buf[..n].copy_from_slice(&buffer[*pos..*pos + n]);
+    *pos += n;
+    n
+}
+
 /// Reads into `head` until the handshake decides; returns its step and the bytes read.
 fn await_reply(
-    rx: &mut ReadSide,
+    rx: &mut dyn ReadBy,
     handshake: &mut dyn Handshake,
     head: &mut [u8],
-    deadline: Instant,
+    deadline: Option<Instant>,
 ) -> Result<(Step, usize), Error> {
     let phase = Phase::AwaitReply;
     let closed_early = Error::Reply {
@@ -205,8 +336,10 @@ fn await_reply(
                 problem: ReplyProblem::HeadTooLarge,
             });
         }
-        remaining(deadline, phase)?;
-        match rx.read(&mut head[filled..], Some(deadline)) {
+        if let Some(deadline) = deadline {
+            remaining(deadline, phase)?;
+        }
+        match rx.read_by(&mut head[filled..], deadline) {
             Ok(0) => return Err(closed_early),
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -228,12 +361,12 @@ const MAX_SKIPPED_BODY: u64 = 64 * 1024;
 /// connection is fit for reuse: `false` for a body delimited by close, a body over
 /// [`MAX_SKIPPED_BODY`], broken framing, bytes beyond the body, or a connection that ended.
 fn skip_body(
-    rx: &mut ReadSide,
+    rx: &mut dyn ReadBy,
     head: &mut [u8],
     start: usize,
     filled: usize,
     body: BodyLength,
-    deadline: Instant,
+    deadline: Option<Instant>,
 ) -> Result<bool, Error> {
     let (mut pos, mut end) = (start, filled);
     let mut skipped = 0u64;
@@ -261,8 +394,10 @@ fn skip_body(
         if skipped > MAX_SKIPPED_BODY {
             return Ok(false);
         }
-        remaining(deadline, Phase::AwaitReply)?;
-        match rx.read(head, Some(deadline)) {
+        if let Some(deadline) = deadline {
+            remaining(deadline, Phase::AwaitReply)?;
+        }
+        match rx.read_by(head, deadline) {
             Ok(0) => return Ok(false),
             Ok(n) => (pos, end) = (0, n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => (pos, end) = (0, 0),
@@ -426,10 +561,7 @@ impl TunnelReader {
 impl Read for TunnelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos < self.end {
-            let n = buf.len().min(self.end - self.pos);
-            buf[..n].copy_from_slice(&self.head[self.pos..self.pos + n]);
-            self.pos += n;
-            return Ok(n);
+            return Ok(take_buffered(&self.head[..self.end], &mut self.pos, buf));
         }
         self.side.read(buf, None)
     }
@@ -457,5 +589,115 @@ impl Write for TunnelWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         self.side.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::{Credentials, Target};
+
+    /// An in-memory proxy: replies are served in the given chunks, writes are recorded.
+    struct Scripted {
+        chunks: std::collections::VecDeque<Vec<u8>>,
+        written: Vec<u8>,
+    }
+
+    impl Scripted {
+        fn new(chunks: &[&[u8]]) -> Self {
+            Scripted {
+                chunks: chunks
+                    .iter()
+                    .filter(|c| !c.is_empty())
+                    .map(|c| c.to_vec())
+                    .collect(),
+                written: Vec::new(),
+            }
+        }
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(chunk) = self.chunks.front_mut() else {
+                return Ok(0);
+            };
+            let n = buf.len().min(chunk.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            chunk.drain(..n);
+            if chunk.is_empty() {
+                self.chunks.pop_front();
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn establish_answers_digest_on_the_same_stream_and_keeps_early_data() {
+        let t = Target::parse("cam:554").unwrap();
+        let c = Credentials::new("u", "p").unwrap();
+        let mut request = ConnectRequest::new(&t);
+        request.credentials = Some(&c);
+        let stream = Scripted::new(&[
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Digest realm=\"r\", nonce=\"n\", qop=\"auth\"\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nde",
+            b"ny\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 Connection established\r\n\r\nRTSP/1.0 200",
+            b" OK",
+        ]);
+        let mut open = establish(stream, &mut ConnectHandshake::new(request)).unwrap();
+        assert_eq!(open.buffered(), b"RTSP/1.0 200");
+        let mut all = Vec::new();
+        open.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"RTSP/1.0 200 OK");
+        let written = String::from_utf8(open.get_ref().written.clone()).unwrap();
+        let requests: Vec<&str> = written.split_inclusive("\r\n\r\n").collect();
+        assert_eq!(requests.len(), 2, "{written}");
+        assert!(requests[0].contains("Proxy-Authorization: Basic dTpw\r\n"));
+        assert!(requests[1].contains("Proxy-Authorization: Digest username=\"u\""));
+    }
+
+    #[test]
+    fn establish_reports_a_close_after_the_challenge() {
+        let t = Target::parse("cam:554").unwrap();
+        let c = Credentials::new("u", "p").unwrap();
+        let mut request = ConnectRequest::new(&t);
+        request.credentials = Some(&c);
+        let stream = Scripted::new(&[
+            b"HTTP/1.0 407 x\r\nProxy-Authenticate: Digest realm=\"r\", nonce=\"n\"\r\n\r\n<html>",
+        ]);
+        match establish(stream, &mut ConnectHandshake::new(request)) {
+            Err(Error::Io {
+                phase: Phase::AwaitReply,
+                source,
+            }) => {
+                assert_eq!(source.kind(), io::ErrorKind::ConnectionAborted)
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("opened"),
+        }
+    }
+
+    #[test]
+    fn establish_every_split_of_the_reply() {
+        let reply = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nProxy-agent: x\r\n\r\nDATA";
+        for cut in 0..=reply.len() {
+            let t = Target::parse("h:1").unwrap();
+            let stream = Scripted::new(&[&reply[..cut], &reply[cut..]]);
+            let mut open =
+                establish(stream, &mut ConnectHandshake::new(ConnectRequest::new(&t))).unwrap();
+            let mut all = Vec::new();
+            open.read_to_end(&mut all).unwrap();
+            assert_eq!(all, b"DATA", "cut at {cut}");
+        }
     }
 }
