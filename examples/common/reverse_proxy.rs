@@ -451,11 +451,14 @@ enum Decision {
         why: String,
     },
     /// Open a tunnel.
-    Open {
-        identity: Option<String>,
-        public_name: String,
-        backend: SocketAddr,
-    },
+    Open(Route),
+}
+
+/// Where an accepted request goes, and for whom.
+struct Route {
+    identity: Option<String>,
+    public_name: String,
+    backend: SocketAddr,
 }
 
 fn handle_connection(id: u64, socket: TcpStream, shared: &Shared) {
@@ -524,7 +527,7 @@ fn serve(
 
     let mut head = [0u8; HEAD_CAPACITY];
     let mut filled = 0;
-    let (decision, head_len) = loop {
+    let (route, head_len) = loop {
         if record.requests == MAX_REQUESTS_PER_CONNECTION {
             log::info!(
                 "conn#{id}: {MAX_REQUESTS_PER_CONNECTION} requests without a tunnel, closing"
@@ -570,19 +573,12 @@ fn serve(
                 head.copy_within(head_len..filled, 0);
                 filled -= head_len;
             }
-            open @ Decision::Open { .. } => break (open, head_len),
+            Decision::Open(route) => break (route, head_len),
         }
     };
-    let Decision::Open {
-        identity,
-        public_name,
-        backend,
-    } = decision
-    else {
-        unreachable!("the loop above only breaks with Decision::Open")
-    };
-    record.identity = identity;
-    record.public_name = Some(public_name);
+    let backend = route.backend;
+    record.identity = route.identity;
+    record.public_name = Some(route.public_name);
 
     let backend_stream = match TcpStream::connect_timeout(&backend, BACKEND_CONNECT_TIMEOUT) {
         Ok(stream) => stream,
@@ -739,11 +735,11 @@ fn decide(request: &httparse::Request<'_, '_>, shared: &Shared) -> Decision {
             );
         }
     }
-    Decision::Open {
+    Decision::Open(Route {
         identity: user.map(|u| u.name.clone()),
         public_name,
         backend,
-    }
+    })
 }
 
 /// `host:port` (or `[v6]:port`) with a port in 1..=65535, lower-cased; `None` otherwise.
@@ -865,7 +861,7 @@ fn write_reply(
     let mut buf = [0u8; 512];
     let mut cursor = io::Cursor::new(&mut buf[..]);
     let reason = reason(status);
-    let body_len = format_args!("{status} {reason}\n").to_string().len();
+    let body_len = "000 \n".len() + reason.len(); // the body is "{status} {reason}\n"
     write!(cursor, "HTTP/1.1 {status} {reason}\r\n")?;
     if let Some(header) = extra_header {
         write!(cursor, "{header}\r\n")?;
