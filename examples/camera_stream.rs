@@ -37,7 +37,7 @@ const ADMIN_NAME: &str = "admin.example.com:443";
 const DEFAULT_DURATION: Duration = Duration::from_secs(5);
 /// Deadline for everything up to the open tunnel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the camera waits for the server's receipt and final EOF.
+/// Deadline for the server's receipt and final EOF, counted from the end of the stream.
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const HELP: &str = "\
@@ -211,12 +211,13 @@ impl StreamHandler for Camera<'_> {
         log::info!("camera: tunnel open after {:?}", self.handshake);
         let sent = media::send_stream(tunnel, self.duration, self.wav, self.clock)?;
         self.sent = Some(sent);
-        tunnel.get_ref().set_read_timeout(Some(RECEIPT_TIMEOUT))?;
-        self.receipt = media::read_receipt(tunnel)?;
+        // One deadline for the receipt and the server's EOF, however the bytes trickle in.
+        let deadline = Instant::now() + RECEIPT_TIMEOUT;
+        self.receipt = media::read_receipt(&mut DeadlineReader { tunnel, deadline })?;
         tunnel.shutdown_write()?;
         let mut rest = [0u8; 256];
         loop {
-            match tunnel.read(&mut rest) {
+            match (DeadlineReader { tunnel, deadline }).read(&mut rest) {
                 Ok(0) => break,
                 Ok(n) => self.trailing += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -228,6 +229,26 @@ impl StreamHandler for Camera<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads from the tunnel with each read's timeout set to what is left before one deadline.
+struct DeadlineReader<'t> {
+    tunnel: &'t mut Tunnel,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "receipt deadline passed",
+            ));
+        }
+        self.tunnel.get_ref().set_read_timeout(Some(left))?;
+        self.tunnel.read(buf)
     }
 }
 
