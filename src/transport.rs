@@ -281,10 +281,8 @@ pub(crate) fn connect_tcp(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if Instant::now() >= deadline {
-                    return Err(Error::Timeout { phase });
-                }
-                last = Some((addr, e));
+                // Each attempt may use all the time left, so its timing out is the deadline.
+                return Err(Error::Timeout { phase });
             }
             Err(e) => {
                 log::debug!("write: {addr}: {e}");
@@ -321,54 +319,97 @@ fn connect_one(addr: SocketAddr, opts: &SocketOptions, timeout: Duration) -> io:
     Ok(socket.into())
 }
 
-/// Runs the TLS handshake on `sock` within `deadline`, one socket operation at a time so that
-/// a peer that dribbles bytes still meets the deadline.
+/// Where a TLS session reads its records from: the proxy socket, or (for TLS to the target
+/// inside the tunnel) the tunnel itself. Each read is bounded by `deadline` when one is given.
+pub(crate) trait Source {
+    /// Reads raw bytes.
+    fn read_by(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize>;
+}
+
+impl Source for TcpStream {
+    fn read_by(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
+        if let Some(deadline) = deadline {
+            self.set_read_timeout(Some(time_left(deadline)?))?;
+        }
+        self.read(buf)
+    }
+}
+
+/// Where a TLS session writes its records to, and how its sending direction ends.
+pub(crate) trait Sink: Write {
+    /// Ends the sending direction (after any `close_notify` was written).
+    fn shutdown_write(&mut self) -> io::Result<()>;
+    /// Bounds the writes that follow.
+    fn set_write_timeout(&mut self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl Sink for TcpStream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+
+    fn set_write_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_write_timeout(self, t)
+    }
+}
+
+/// A `Source` seen as a plain `Read`, bounded by one deadline.
+struct Bounded<'a, S: ?Sized>(&'a mut S, Option<Instant>);
+
+impl<S: Source + ?Sized> Read for Bounded<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_by(buf, self.1)
+    }
+}
+
+/// Runs a TLS client handshake reading from `src` and writing to `sink` within `deadline`, one
+/// operation at a time so that a peer that dribbles bytes still meets the deadline. Errors are
+/// made with `fail` (the proxy's TLS or the target's), except the deadline, which is
+/// [`Error::Timeout`] in `phase`.
 pub(crate) fn tls_handshake(
     config: Arc<rustls::ClientConfig>,
     server_name: ServerName<'static>,
-    sock: &mut TcpStream,
+    src: &mut dyn Source,
+    sink: &mut dyn Sink,
     deadline: Instant,
+    phase: Phase,
+    fail: fn(io::Error) -> Error,
 ) -> Result<ClientConnection, Error> {
-    let phase = Phase::Write;
-    let tls_err = |source| Error::Tls { source };
+    let failed = |e: io::Error| match io_error(e, phase) {
+        Error::Io { source, .. } => fail(source),
+        other => other,
+    };
     let mut conn = ClientConnection::new(config, server_name)
-        .map_err(|e| tls_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        .map_err(|e| fail(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     while conn.is_handshaking() {
         while conn.wants_write() {
-            sock.set_write_timeout(Some(remaining(deadline, phase)?))
-                .map_err(|e| io_error(e, phase))?;
-            conn.write_tls(sock).map_err(|e| match io_error(e, phase) {
-                Error::Io { source, .. } => tls_err(source),
-                other => other,
-            })?;
+            sink.set_write_timeout(Some(remaining(deadline, phase)?))
+                .map_err(failed)?;
+            conn.write_tls(sink).map_err(failed)?;
         }
+        sink.flush().map_err(failed)?;
         if !conn.is_handshaking() {
             break;
         }
-        sock.set_read_timeout(Some(remaining(deadline, phase)?))
-            .map_err(|e| io_error(e, phase))?;
-        let n = match conn.read_tls(sock) {
+        remaining(deadline, phase)?;
+        let n = match conn.read_tls(&mut Bounded(src, Some(deadline))) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(match io_error(e, phase) {
-                    Error::Io { source, .. } => tls_err(source),
-                    other => other,
-                })
-            }
+            Err(e) => return Err(failed(e)),
         };
         if n == 0 {
-            return Err(tls_err(io::Error::new(
+            return Err(fail(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "proxy closed the connection during the TLS handshake",
+                "peer closed the connection during the TLS handshake",
             )));
         }
         if let Err(e) = conn.process_new_packets() {
             // Tell the peer why, if we can; the error that matters is ours.
-            let _ = conn.write_tls(sock);
-            return Err(tls_err(io::Error::new(io::ErrorKind::InvalidData, e)));
+            let _ = conn.write_tls(sink);
+            return Err(fail(io::Error::new(io::ErrorKind::InvalidData, e)));
         }
     }
+    sink.set_write_timeout(None).map_err(failed)?;
     Ok(conn)
 }
 
@@ -382,40 +423,40 @@ fn tls_data_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// The sending side of a TLS connection: the socket and the buffer records are staged in.
-struct TlsSend {
-    sock: TcpStream,
+/// The sending side of a TLS session: where records go, and the buffer they are staged in.
+struct TlsSend<W> {
+    sink: W,
     staging: Box<[u8]>,
 }
 
-/// TLS state shared by the two halves of a split TLS tunnel.
-pub(crate) struct TlsShared {
+/// One TLS session shared by a reading half and a writing half.
+pub(crate) struct TlsShared<W> {
     conn: Mutex<ClientConnection>,
-    send: Mutex<TlsSend>,
+    send: Mutex<TlsSend<W>>,
 }
 
-impl TlsShared {
-    pub(crate) fn new(conn: ClientConnection, sock: TcpStream) -> TlsShared {
+impl<W: Sink> TlsShared<W> {
+    pub(crate) fn new(conn: ClientConnection, sink: W) -> TlsShared<W> {
         TlsShared {
             conn: Mutex::new(conn),
             send: Mutex::new(TlsSend {
-                sock,
+                sink,
                 staging: vec![0; TLS_IO_CHUNK].into_boxed_slice(),
             }),
         }
     }
 
     /// Writes out every record the TLS state has queued, in order.
-    fn send_pending(&self, send: &mut TlsSend) -> io::Result<()> {
+    fn send_pending(&self, send: &mut TlsSend<W>) -> io::Result<()> {
         loop {
             let n = {
                 let mut conn = lock(&self.conn);
                 if !conn.wants_write() {
-                    return Ok(());
+                    return send.sink.flush();
                 }
                 conn.write_tls(&mut &mut send.staging[..])?
             };
-            send.sock.write_all(&send.staging[..n])?;
+            send.sink.write_all(&send.staging[..n])?;
         }
     }
 
@@ -431,26 +472,25 @@ impl TlsShared {
         self.send_pending(&mut send)
     }
 
-    /// Sends `close_notify`, then shuts the socket's sending direction.
+    /// Sends `close_notify`, then ends the sink's sending direction.
     pub(crate) fn shutdown_write(&self) -> io::Result<()> {
         let mut send = lock(&self.send);
         lock(&self.conn).send_close_notify();
         self.send_pending(&mut send)?;
-        send.sock.shutdown(Shutdown::Write)
+        send.sink.shutdown_write()
     }
 
-    /// Sets the socket's write timeout for the sends that follow.
+    /// Bounds the sink's writes that follow.
     pub(crate) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        lock(&self.send).sock.set_write_timeout(t)
+        lock(&self.send).sink.set_write_timeout(t)
     }
 
-    /// Reads plaintext into `out`, reading raw bytes from `sock` (a clone of the socket) into
-    /// `raw` when none is buffered. Each raw read is bounded by `deadline` when one is given.
-    /// `Ok(0)` means the proxy ended the TLS stream properly; an `UnexpectedEof` error means the
-    /// TCP connection ended without `close_notify`.
-    fn read(
+    /// Reads plaintext into `out`, reading raw bytes from `src` into `raw` when none is
+    /// buffered. `Ok(0)` means the peer ended the TLS stream properly; an `UnexpectedEof` error
+    /// means the connection ended without `close_notify`.
+    pub(crate) fn read(
         &self,
-        mut sock: &TcpStream,
+        src: &mut dyn Source,
         raw: &mut [u8],
         out: &mut [u8],
         deadline: Option<Instant>,
@@ -463,10 +503,7 @@ impl TlsShared {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => return other,
             }
-            if let Some(deadline) = deadline {
-                sock.set_read_timeout(Some(time_left(deadline)?))?;
-            }
-            let n = match sock.read(raw) {
+            let n = match src.read_by(raw, deadline) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -510,7 +547,7 @@ pub(crate) enum ReadSide {
     Plain(TcpStream),
     /// TLS: the shared state, a clone of the socket for raw reads, and the raw read buffer.
     Tls {
-        shared: Arc<TlsShared>,
+        shared: Arc<TlsShared<TcpStream>>,
         sock: TcpStream,
         raw: Box<[u8]>,
     },
@@ -521,16 +558,17 @@ pub(crate) enum WriteSide {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS: the shared state, which owns the socket it sends on.
-    Tls(Arc<TlsShared>),
+    Tls(Arc<TlsShared<TcpStream>>),
 }
 
-/// Splits an open connection into its receiving and sending sides.
+/// Splits an open connection into its receiving and sending sides; `read_sock` is a clone of
+/// `sock`.
 pub(crate) fn sides(
     sock: TcpStream,
+    read_sock: TcpStream,
     tls: Option<ClientConnection>,
-) -> io::Result<(ReadSide, WriteSide)> {
-    let read_sock = sock.try_clone()?;
-    Ok(match tls {
+) -> (ReadSide, WriteSide) {
+    match tls {
         None => (ReadSide::Plain(read_sock), WriteSide::Plain(sock)),
         Some(conn) => {
             let shared = Arc::new(TlsShared::new(conn, sock));
@@ -541,7 +579,7 @@ pub(crate) fn sides(
             };
             (read, WriteSide::Tls(shared))
         }
-    })
+    }
 }
 
 impl ReadSide {
@@ -556,12 +594,7 @@ impl ReadSide {
     /// Reads stream bytes; with a deadline, every socket read is bounded by it.
     pub(crate) fn read(&mut self, out: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
         match self {
-            ReadSide::Plain(s) => {
-                if let Some(deadline) = deadline {
-                    s.set_read_timeout(Some(time_left(deadline)?))?;
-                }
-                s.read(out)
-            }
+            ReadSide::Plain(s) => s.read_by(out, deadline),
             ReadSide::Tls { shared, sock, raw } => shared.read(sock, raw, out, deadline),
         }
     }

@@ -14,7 +14,7 @@ use crate::error::{Error, InvalidInput, Phase, ReplyProblem};
 use crate::handshake::{ConnectHandshake, Handshake, Step};
 use crate::reply::REPLY_HEAD_CAPACITY;
 use crate::request::{ConnectRequest, REQUEST_CAPACITY};
-use crate::transport::{self, io_error, remaining, ReadSide, WriteSide};
+use crate::transport::{self, io_error, remaining, ReadSide, Source, WriteSide};
 
 /// What runs over an open tunnel: the handler style of using a [`Connector`].
 ///
@@ -167,12 +167,23 @@ impl Connector {
         addrs: &[std::net::SocketAddr],
         deadline: Instant,
     ) -> Result<(ReadSide, WriteSide), Error> {
+        let phase = Phase::Write;
         let mut sock = transport::connect_tcp(addrs, &self.config.socket, deadline)?;
+        let mut read_sock = sock
+            .try_clone()
+            .map_err(|source| Error::Io { phase, source })?;
         let tls = match &self.tls {
             None => None,
             Some((config, name)) => {
-                let conn =
-                    transport::tls_handshake(config.clone(), name.clone(), &mut sock, deadline)?;
+                let conn = transport::tls_handshake(
+                    config.clone(),
+                    name.clone(),
+                    &mut read_sock,
+                    &mut sock,
+                    deadline,
+                    phase,
+                    |source| Error::Tls { source },
+                )?;
                 log::debug!(
                     "write: TLS to the proxy established ({:?})",
                     conn.protocol_version()
@@ -180,19 +191,11 @@ impl Connector {
                 Some(conn)
             }
         };
-        transport::sides(sock, tls).map_err(|source| Error::Io {
-            phase: Phase::Write,
-            source,
-        })
+        Ok(transport::sides(sock, read_sock, tls))
     }
 }
 
-/// A source of reply bytes whose reads can be bounded by a deadline.
-trait ReadBy {
-    fn read_by(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize>;
-}
-
-impl ReadBy for ReadSide {
+impl Source for ReadSide {
     fn read_by(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
         self.read(buf, deadline)
     }
@@ -201,7 +204,7 @@ impl ReadBy for ReadSide {
 /// Any `Read`: its own timeouts, if any, bound it.
 struct Unbounded<'s, S>(&'s mut S);
 
-impl<S: Read> ReadBy for Unbounded<'_, S> {
+impl<S: Read> Source for Unbounded<'_, S> {
     fn read_by(&mut self, buf: &mut [u8], _: Option<Instant>) -> io::Result<usize> {
         self.0.read(buf)
     }
@@ -320,7 +323,7 @@ fn take_buffered(buffer: &[u8], pos: &mut usize, buf: &mut [u8]) -> usize {
 
 /// Reads into `head` until the handshake decides; returns its step and the bytes read.
 fn await_reply(
-    rx: &mut dyn ReadBy,
+    rx: &mut dyn Source,
     handshake: &mut dyn Handshake,
     head: &mut [u8],
     deadline: Option<Instant>,
@@ -361,7 +364,7 @@ const MAX_SKIPPED_BODY: u64 = 64 * 1024;
 /// connection is fit for reuse: `false` for a body delimited by close, a body over
 /// [`MAX_SKIPPED_BODY`], broken framing, bytes beyond the body, or a connection that ended.
 fn skip_body(
-    rx: &mut dyn ReadBy,
+    rx: &mut dyn Source,
     head: &mut [u8],
     start: usize,
     filled: usize,
