@@ -811,7 +811,7 @@ pub struct SendStats {
     pub video_frames: u64,
     /// RTP bytes sent (without the framing).
     pub bytes: u64,
-    /// Bytes written to the stream (with the 2-byte length prefixes).
+    /// Every byte written to the stream: the framed packets and the framed RTCP BYE.
     pub wire_bytes: u64,
     /// From the first packet to the last.
     pub elapsed: Duration,
@@ -957,7 +957,7 @@ fn test_pattern(frame: u32, index: usize) -> u8 {
 
 /// Streams media to `writer` in real time for `duration`: audio every 20 ms, a video frame
 /// every 40 ms, each packet framed per RFC 4571 and written with one `write_all`; then an RTCP
-/// BYE (not counted in the stats). Read the receipt with [`read_receipt`] afterwards.
+/// BYE (counted only in `wire_bytes`). Read the receipt with [`read_receipt`] afterwards.
 pub fn send_stream(
     writer: &mut impl Write,
     duration: Duration,
@@ -999,6 +999,7 @@ pub fn send_stream(
     let bye_len = build_bye(&[AUDIO_SSRC, VIDEO_SSRC], &mut bye)
         .map_err(|e| io::Error::other(e.to_string()))?;
     write_frame(writer, &bye[..bye_len])?;
+    stats.wire_bytes += 2 + bye_len as u64;
     writer.flush()?;
     stats.audio_packets = audio_packets;
     stats.video_packets = video_packets;

@@ -9,17 +9,21 @@
 //!   identity; missing or wrong credentials get `407` with a `Proxy-Authenticate` challenge, and
 //!   each identity may reach only the public names listed for it (others get `403`).
 //!
-//! The flow of one connection, with the phase names used in its log lines:
+//! The flow of one connection; failures are logged with the phase that failed (`head`,
+//! `backend`, `relay`):
 //!
 //! ```text
-//! client                         proxy                                  back-end
-//!   |--- TLS handshake ----------->|  (skipped with a plain listener)
-//!   |--- CONNECT name:port ------->|  head: at most HEAD_CAPACITY bytes within HEAD_DEADLINE
-//!   |<-- 407 (no/wrong creds) -----|  auth: the connection stays open for a retry
-//!   |<-- 403 (not in table/list) --|  authorize: then closed
-//!   |                              |--- TCP connect (BACKEND_CONNECT_TIMEOUT) --->|
-//!   |<-- 200 Connection established|  (502 if the back-end cannot be reached)
-//!   |<========= relay: bytes both ways, half-close preserved ===================>|
+//! client                          proxy                                 back-end
+//!   |--- TLS handshake ------------>|  head phase (TLS skipped with a plain listener):
+//!   |--- CONNECT name:port -------->|  at most HEAD_CAPACITY bytes, within head_deadline
+//!   |<-- 400/405/408/431 -----------|  garbage, not CONNECT, too slow, too big: then closed
+//!   |<-- 407 (no/wrong creds) ------|  authentication: stays open for a retry (at most
+//!   |                               |  MAX_REQUESTS_PER_CONNECTION requests)
+//!   |<-- 403 (not in table/list) ---|  mapping table, then the identity's list: then closed
+//!   |                               |--- backend phase: TCP connect ------------>|
+//!   |<-- 502 (back-end unreachable)-|    (BACKEND_CONNECT_TIMEOUT)
+//!   |<-- 200 Connection established-|
+//!   |<========== relay phase: bytes both ways, half-close preserved ===========>|
 //! ```
 //!
 //! Bytes the client sent after its request head (before it saw the `200`) are data and go to the
@@ -42,6 +46,10 @@
 //!   the socket while still holding the send mutex. Records reach the socket in the order they
 //!   were produced because production and sending happen under the same send mutex; the lock
 //!   order is always send → TLS, so the two threads cannot deadlock.
+//!
+//! The reading thread writes too, rarely: when rustls has something to send after processing
+//! input (an alert, a key-update answer) it takes the send mutex like any writer, after dropping
+//! the TLS lock.
 
 use std::collections::HashMap;
 use std::fmt;
