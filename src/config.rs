@@ -29,6 +29,7 @@ pub struct Config {
     pub(crate) headers: Vec<Header>,
     pub(crate) credentials: Option<Credentials>,
     pub(crate) tls: TlsOptions,
+    pub(crate) target_tls: Option<TlsOptions>,
     pub(crate) socket: SocketOptions,
 }
 
@@ -40,6 +41,7 @@ impl Default for Config {
             headers: Vec::new(),
             credentials: None,
             tls: TlsOptions::default(),
+            target_tls: None,
             socket: SocketOptions::default(),
         }
     }
@@ -102,6 +104,52 @@ impl Config {
     pub fn proxy_verify(mut self, verify: bool) -> Self {
         self.tls.verify = verify;
         self
+    }
+
+    /// Run TLS to the target inside the tunnel (end to end; TLS-in-TLS when the proxy hop is
+    /// TLS too), verifying the target's certificate against the target's host name with the
+    /// webpki roots unless [`target_ca_file`](Self::target_ca_file) or
+    /// [`target_ca_pem`](Self::target_ca_pem) says otherwise. Defaults to off.
+    pub fn target_tls(mut self, on: bool) -> Self {
+        self.target_tls = on.then(|| self.target_tls.take().unwrap_or_default());
+        self
+    }
+
+    fn target_tls_options(&mut self) -> &mut TlsOptions {
+        self.target_tls.get_or_insert_with(TlsOptions::default)
+    }
+
+    /// Trust the CA certificates in this PEM file for the target's certificate. Turns
+    /// [`target_tls`](Self::target_tls) on.
+    pub fn target_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.target_tls_options().trust = TrustAnchors::PemFile(path.into());
+        self
+    }
+
+    /// Trust the CA certificates in this PEM text for the target's certificate. Turns
+    /// [`target_tls`](Self::target_tls) on.
+    pub fn target_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.target_tls_options().trust = TrustAnchors::Pem(pem.into());
+        self
+    }
+
+    /// Present this client certificate chain and key (PEM files) to the target. Turns
+    /// [`target_tls`](Self::target_tls) on.
+    pub fn target_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.target_tls_options().client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Verify the target's certificate and name (defaults to on). Off makes the end-to-end TLS
+    /// open to interception. Turns [`target_tls`](Self::target_tls) on.
+    pub fn target_verify(mut self, verify: bool) -> Self {
+        self.target_tls_options().verify = verify;
+        self
+    }
+
+    /// The TLS settings for the target, when TLS to the target is on.
+    pub fn target_tls_settings(&self) -> Option<&TlsOptions> {
+        self.target_tls.as_ref()
     }
 
     /// `TCP_NODELAY`. Defaults to on.

@@ -151,6 +151,12 @@ pub enum Error {
         /// What rustls or the socket reported.
         source: io::Error,
     },
+    /// TLS to the target inside the tunnel failed: untrusted or expired certificate, wrong
+    /// name, a target that does not speak TLS (phase: hand off).
+    TargetTls {
+        /// What rustls or the tunnel reported.
+        source: io::Error,
+    },
     /// The phase's deadline passed (phases acquire addresses to await reply share one deadline).
     Timeout {
         /// The phase that was running when the deadline passed.
@@ -200,6 +206,7 @@ impl Error {
             Error::InvalidInput { phase, .. } => *phase,
             Error::Resolve { .. } => Phase::AcquireAddresses,
             Error::Connect { .. } | Error::Tls { .. } => Phase::Write,
+            Error::TargetTls { .. } => Phase::HandOff,
             Error::Timeout { phase } | Error::Io { phase, .. } => *phase,
             Error::Reply { .. } | Error::Auth { .. } | Error::Refused { .. } => Phase::AwaitReply,
             Error::Handler { .. } => Phase::Exchange,
@@ -211,12 +218,15 @@ impl Error {
     }
 
     /// The CLI's exit code for this error, as documented in the README:
-    /// 2 invalid input, 3 proxy unreachable, 4 authentication, 5 other non-2xx reply,
+    /// 2 invalid input, 3 proxy unreachable or TLS failure (to the proxy or the target), 4 authentication, 5 other non-2xx reply,
     /// 6 invalid/oversize/truncated reply, 7 deadline passed, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::InvalidInput { .. } => 2,
-            Error::Resolve { .. } | Error::Connect { .. } | Error::Tls { .. } => 3,
+            Error::Resolve { .. }
+            | Error::Connect { .. }
+            | Error::Tls { .. }
+            | Error::TargetTls { .. } => 3,
             Error::Auth { .. } => 4,
             Error::Refused { .. } => 5,
             Error::Reply { .. } => 6,
@@ -246,6 +256,9 @@ impl fmt::Display for Error {
                 write!(f, "write: cannot connect to proxy at {addr}: {source}")
             }
             Error::Tls { source } => write!(f, "write: TLS to the proxy failed: {source}"),
+            Error::TargetTls { source } => {
+                write!(f, "hand off: TLS to the target failed: {source}")
+            }
             Error::Timeout { phase } => write!(f, "{phase}: connect deadline passed"),
             Error::Io { phase, source } => write!(f, "{phase}: {source}"),
             Error::Reply { problem } => write!(f, "await reply: {}", problem.describe()),
@@ -286,6 +299,7 @@ impl std::error::Error for Error {
             Error::Resolve { source, .. }
             | Error::Connect { source, .. }
             | Error::Tls { source }
+            | Error::TargetTls { source }
             | Error::Io { source, .. }
             | Error::Handler { source } => Some(source),
             _ => None,

@@ -14,7 +14,9 @@ use crate::error::{Error, InvalidInput, Phase, ReplyProblem};
 use crate::handshake::{ConnectHandshake, Handshake, Step};
 use crate::reply::REPLY_HEAD_CAPACITY;
 use crate::request::{ConnectRequest, REQUEST_CAPACITY};
-use crate::transport::{self, io_error, remaining, ReadSide, Source, WriteSide};
+use crate::transport::{
+    self, io_error, remaining, ReadSide, Sink, Source, TlsShared, WriteSide, TLS_IO_CHUNK,
+};
 
 /// What runs over an open tunnel: the handler style of using a [`Connector`].
 ///
@@ -41,6 +43,7 @@ pub struct Connector {
     proxy: Proxy,
     config: Config,
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    target_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Connector {
@@ -60,7 +63,16 @@ impl Connector {
                 Some((transport::client_config(config.tls_options())?, name))
             }
         };
-        Ok(Connector { proxy, config, tls })
+        let target_tls = match config.target_tls.as_ref() {
+            Some(opts) => Some(transport::client_config(opts)?),
+            None => None,
+        };
+        Ok(Connector {
+            proxy,
+            config,
+            tls,
+            target_tls,
+        })
     }
 
     /// The proxy this connector uses.
@@ -84,7 +96,22 @@ impl Connector {
         request.user_agent = self.config.user_agent.as_deref();
         request.headers = &self.config.headers;
         log::info!("acquire addresses: proxy {}, target {target}", self.proxy);
-        self.connect_with(&mut ConnectHandshake::new(request))
+        let started = Instant::now();
+        let tunnel = self.connect_with(&mut ConnectHandshake::new(request))?;
+        match &self.target_tls {
+            None => Ok(tunnel),
+            Some(config) => {
+                let name = ServerName::try_from(target.host().to_owned()).map_err(|_| {
+                    Error::invalid(
+                        Phase::HandOff,
+                        InvalidInput::Target,
+                        "target host (as a TLS name)",
+                    )
+                })?;
+                let deadline = started + self.config.connect_timeout;
+                with_target_tls(tunnel, config.clone(), name, deadline, started)
+            }
+        }
     }
 
     /// Opens a tunnel to `target`, passes it to `handler`, then closes it.
@@ -436,16 +463,8 @@ fn open_tunnel(
         filled - reply_len
     );
     Ok(Tunnel {
-        reader: TunnelReader {
-            side: rx,
-            head,
-            pos: reply_len,
-            end: filled,
-        },
-        writer: TunnelWriter {
-            side: tx,
-            write_closed: false,
-        },
+        reader: TunnelReader::proxy(rx, head, reply_len, filled),
+        writer: TunnelWriter::proxy(tx),
         handshake_time,
     })
 }
@@ -479,12 +498,17 @@ impl Tunnel {
 
     /// Whether the connection to the proxy is TLS.
     pub fn is_tls(&self) -> bool {
-        self.reader.side.is_tls()
+        self.reader.proxy_is_tls()
+    }
+
+    /// Whether TLS to the target runs inside the tunnel (see [`Config::target_tls`]).
+    pub fn is_target_tls(&self) -> bool {
+        matches!(self.reader.inner, ReadInner::TargetTls { .. })
     }
 
     /// The TCP socket to the proxy, for socket options and timeouts.
     pub fn get_ref(&self) -> &TcpStream {
-        self.reader.side.socket()
+        self.reader.get_ref()
     }
 
     /// Ends the sending direction (TLS `close_notify`, then TCP shutdown) while reading goes on.
@@ -542,57 +566,199 @@ impl Write for Tunnel {
 
 /// The reading half of a [`Tunnel`].
 pub struct TunnelReader {
-    side: ReadSide,
-    /// The reply-head buffer; `head[pos..end]` are stream bytes that came with the reply.
-    head: Box<[u8]>,
-    pos: usize,
-    end: usize,
+    inner: ReadInner,
+}
+
+enum ReadInner {
+    /// Bytes straight from the connection to the proxy.
+    Proxy {
+        side: ReadSide,
+        /// The reply-head buffer; `head[pos..end]` are stream bytes that came with the reply.
+        head: Box<[u8]>,
+        pos: usize,
+        end: usize,
+    },
+    /// TLS to the target inside the tunnel: records come from the tunnel below.
+    TargetTls {
+        shared: Arc<TlsShared<TunnelWriter>>,
+        below: Box<TunnelReader>,
+        raw: Box<[u8]>,
+    },
 }
 
 impl TunnelReader {
-    /// Stream bytes that arrived with the proxy's reply and have not been read yet.
+    fn proxy(side: ReadSide, head: Box<[u8]>, pos: usize, end: usize) -> Self {
+        TunnelReader {
+            inner: ReadInner::Proxy {
+                side,
+                head,
+                pos,
+                end,
+            },
+        }
+    }
+
+    /// Stream bytes that arrived with the proxy's reply and have not been read yet (none once
+    /// TLS to the target runs inside the tunnel: those bytes were TLS records).
     pub fn buffered(&self) -> &[u8] {
-        &self.head[self.pos..self.end]
+        match &self.inner {
+            ReadInner::Proxy { head, pos, end, .. } => &head[*pos..*end],
+            ReadInner::TargetTls { .. } => &[],
+        }
     }
 
     /// The TCP socket to the proxy.
     pub fn get_ref(&self) -> &TcpStream {
-        self.side.socket()
+        match &self.inner {
+            ReadInner::Proxy { side, .. } => side.socket(),
+            ReadInner::TargetTls { below, .. } => below.get_ref(),
+        }
+    }
+
+    fn proxy_is_tls(&self) -> bool {
+        match &self.inner {
+            ReadInner::Proxy { side, .. } => side.is_tls(),
+            ReadInner::TargetTls { below, .. } => below.proxy_is_tls(),
+        }
+    }
+}
+
+impl Source for TunnelReader {
+    fn read_by(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
+        match &mut self.inner {
+            ReadInner::Proxy {
+                side,
+                head,
+                pos,
+                end,
+            } => {
+                if *pos < *end {
+                    return Ok(take_buffered(&head[..*end], pos, buf));
+                }
+                side.read(buf, deadline)
+            }
+            ReadInner::TargetTls { shared, below, raw } => {
+                shared.read(&mut **below, raw, buf, deadline)
+            }
+        }
     }
 }
 
 impl Read for TunnelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos < self.end {
-            return Ok(take_buffered(&self.head[..self.end], &mut self.pos, buf));
-        }
-        self.side.read(buf, None)
+        self.read_by(buf, None)
     }
 }
 
 /// The writing half of a [`Tunnel`].
 pub struct TunnelWriter {
-    side: WriteSide,
+    inner: WriteInner,
     write_closed: bool,
 }
 
+enum WriteInner {
+    /// Bytes straight to the connection to the proxy.
+    Proxy(WriteSide),
+    /// TLS to the target inside the tunnel: records go to the tunnel below.
+    TargetTls(Arc<TlsShared<TunnelWriter>>),
+}
+
 impl TunnelWriter {
-    /// Ends the sending direction: TLS `close_notify` where there is TLS, then TCP shutdown of
-    /// the sending side. The other direction keeps flowing.
+    fn proxy(side: WriteSide) -> Self {
+        TunnelWriter {
+            inner: WriteInner::Proxy(side),
+            write_closed: false,
+        }
+    }
+
+    /// Ends the sending direction: TLS `close_notify` where there is TLS (to the target inside
+    /// the tunnel first, then to the proxy), then TCP shutdown of the sending side. The other
+    /// direction keeps flowing.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         self.write_closed = true;
-        self.side.shutdown_write()
+        match &mut self.inner {
+            WriteInner::Proxy(side) => side.shutdown_write(),
+            WriteInner::TargetTls(shared) => shared.shutdown_write(),
+        }
+    }
+}
+
+impl Sink for TunnelWriter {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        TunnelWriter::shutdown_write(self)
+    }
+
+    fn set_write_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        match &mut self.inner {
+            WriteInner::Proxy(side) => side.set_write_timeout(t),
+            WriteInner::TargetTls(shared) => shared.set_write_timeout(t),
+        }
     }
 }
 
 impl Write for TunnelWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.side.write(buf)
+        match &mut self.inner {
+            WriteInner::Proxy(side) => side.write(buf),
+            WriteInner::TargetTls(shared) => shared.write(buf),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.side.flush()
+        match &mut self.inner {
+            WriteInner::Proxy(side) => side.flush(),
+            WriteInner::TargetTls(shared) => shared.flush(),
+        }
     }
+}
+
+/// Runs TLS to the target over an open tunnel, within `deadline`, verifying the target's
+/// certificate against `name`; returns the tunnel carrying the target's plaintext.
+fn with_target_tls(
+    tunnel: Tunnel,
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    deadline: Instant,
+    started: Instant,
+) -> Result<Tunnel, Error> {
+    let phase = Phase::HandOff;
+    let Tunnel {
+        mut reader,
+        mut writer,
+        ..
+    } = tunnel;
+    let conn = transport::tls_handshake(
+        config,
+        name,
+        &mut reader,
+        &mut writer,
+        deadline,
+        phase,
+        |source| Error::TargetTls { source },
+    )?;
+    reader
+        .get_ref()
+        .set_read_timeout(None)
+        .map_err(|source| Error::Io { phase, source })?;
+    log::debug!(
+        "hand off: TLS to the target established ({:?})",
+        conn.protocol_version()
+    );
+    let shared = Arc::new(TlsShared::new(conn, writer));
+    Ok(Tunnel {
+        reader: TunnelReader {
+            inner: ReadInner::TargetTls {
+                shared: shared.clone(),
+                below: Box::new(reader),
+                raw: vec![0; TLS_IO_CHUNK].into_boxed_slice(),
+            },
+        },
+        writer: TunnelWriter {
+            inner: WriteInner::TargetTls(shared),
+            write_closed: false,
+        },
+        handshake_time: started.elapsed(),
+    })
 }
 
 #[cfg(test)]

@@ -31,6 +31,12 @@ Options:
   -H, --proxy-header <\"Name: value\">
                                extra header on the CONNECT request (repeatable)
   -A, --user-agent <STRING>    User-Agent on the CONNECT request (empty: none)
+      --tls                    run TLS to the target inside the tunnel (end to end), verifying
+                               the target's certificate against its host name
+      --cacert <FILE>          PEM CA bundle to trust for the target (implies --tls)
+      --cert <FILE>            client certificate (PEM) for the target (implies --tls)
+      --key <FILE>             its private key (PEM)
+  -k, --insecure               do not verify the target's certificate (implies --tls; warns)
       --connect-timeout <SECS> deadline for resolve + connect + TLS + CONNECT exchange
                                (default 30)
   -l, --listen <ADDR>          forward mode: accept local TCP connections on ADDR and open
@@ -42,7 +48,8 @@ Options:
   -V, --version                print the version
 
 Exit codes: 0 success; 1 the tunnel failed after it opened; 2 usage or invalid input;
-3 proxy unreachable (name, TCP or TLS failure); 4 proxy authentication required or rejected;
+3 proxy unreachable (name, TCP or TLS failure) or TLS to the target failed;
+4 proxy authentication required or rejected;
 5 other non-2xx reply; 6 invalid, oversize or truncated reply; 7 connect deadline passed.
 ";
 
@@ -52,6 +59,7 @@ struct Options {
     proxy: Option<Proxy>,
     config: Config,
     insecure: bool,
+    target_insecure: bool,
     timeout: Duration,
     listen: Option<String>,
     half_close: bool,
@@ -104,6 +112,9 @@ fn run() -> Result<(), Fail> {
             "connect-tunnel: warning: --proxy-insecure: the proxy's certificate is NOT verified"
         );
     }
+    if opts.target_insecure {
+        eprintln!("connect-tunnel: warning: --insecure: the target's certificate is NOT verified");
+    }
     let proxy = match opts.proxy {
         Some(p) => Some(p),
         None => proxy_from_env(&opts.target)?,
@@ -128,6 +139,10 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
     let mut cacert = None;
     let (mut cert, mut key) = (None, None);
     let mut insecure = false;
+    let mut target_tls = false;
+    let mut target_ca = None;
+    let (mut target_cert, mut target_key) = (None, None);
+    let mut target_insecure = false;
     let mut headers = Vec::new();
     let mut user_agent = None;
     let mut timeout = None;
@@ -166,6 +181,11 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
             "--proxy-cert" => cert = Some(value(name)?),
             "--proxy-key" => key = Some(value(name)?),
             "--proxy-insecure" => insecure = true,
+            "--tls" => target_tls = true,
+            "--cacert" => target_ca = Some(value(name)?),
+            "--cert" => target_cert = Some(value(name)?),
+            "--key" => target_key = Some(value(name)?),
+            "-k" | "--insecure" => target_insecure = true,
             "-H" | "--proxy-header" => headers.push(value(name)?),
             "-A" | "--user-agent" => user_agent = Some(value(name)?),
             "--connect-timeout" => {
@@ -208,6 +228,20 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
         _ => return Err(Fail::usage("--proxy-cert and --proxy-key go together")),
     }
     config = config.proxy_verify(!insecure);
+    if target_tls || target_insecure {
+        config = config.target_tls(true);
+    }
+    if let Some(path) = target_ca {
+        config = config.target_ca_file(path);
+    }
+    match (target_cert, target_key) {
+        (Some(c), Some(k)) => config = config.target_client_cert(c, k),
+        (None, None) => {}
+        _ => return Err(Fail::usage("--cert and --key go together")),
+    }
+    if target_insecure {
+        config = config.target_verify(false);
+    }
     for h in &headers {
         config = config.header(h)?;
     }
@@ -221,6 +255,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
         proxy,
         config,
         insecure,
+        target_insecure,
         timeout,
         listen,
         half_close,
