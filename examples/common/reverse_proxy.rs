@@ -55,7 +55,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -85,6 +85,10 @@ pub const RELAY_BUFFER: usize = 16 * 1024;
 /// Most requests read on one connection: a `407` keeps the connection open so the client can
 /// retry with credentials, but not forever.
 pub const MAX_REQUESTS_PER_CONNECTION: usize = 4;
+
+/// Most connections served at once (two or three threads each); further ones are closed at
+/// once.
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// Most finished sessions kept for [`ReverseProxy::sessions`]; older ones are dropped.
 pub const SESSION_HISTORY: usize = 256;
@@ -221,6 +225,7 @@ impl ReverseProxy {
             head_deadline: config.head_deadline,
             stop: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            active: AtomicUsize::new(0),
             live: Mutex::new(Vec::new()),
             sessions: Mutex::new(Vec::new()),
         });
@@ -326,6 +331,8 @@ struct Shared {
     head_deadline: Duration,
     stop: AtomicBool,
     next_id: AtomicU64,
+    /// Connections being served now.
+    active: AtomicUsize,
     /// Sockets of live connections (client and back-end), closed on shutdown.
     live: Mutex<Vec<(u64, TcpStream)>>,
     sessions: Mutex<Vec<SessionRecord>>,
@@ -360,11 +367,20 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match incoming {
             Ok(stream) => {
                 let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
+                    log::warn!("conn#{id}: {MAX_CONNECTIONS} connections already, closing");
+                    continue;
+                }
                 let conn_shared = Arc::clone(&shared);
                 let spawned = thread::Builder::new()
                     .name(format!("proxy-conn-{id}"))
-                    .spawn(move || handle_connection(id, stream, &conn_shared));
+                    .spawn(move || {
+                        let _slot = ActiveSlot(&conn_shared.active);
+                        handle_connection(id, stream, &conn_shared);
+                    });
                 if let Err(e) = spawned {
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
                     log::warn!("conn#{id}: cannot start a thread: {e}");
                 }
             }
@@ -374,6 +390,15 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+}
+
+/// Gives a connection's slot back when its thread ends, even by panic.
+struct ActiveSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ActiveSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -395,9 +420,12 @@ fn make_tls_config() -> io::Result<(ServerConfig, String)> {
     let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let mut leaf_params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .map_err(tls_err)?;
+    let mut leaf_params = CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])
+    .map_err(tls_err)?;
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "localhost");
