@@ -19,12 +19,8 @@ use rustls::ClientConnection;
 
 use crate::error::{Error, InvalidInput, Phase};
 
-/// Size of each raw socket read on the TLS path, and of the buffer TLS records are staged in
+/// Size of the buffer raw TLS bytes are read into, and of the buffer TLS records are staged in
 /// before they are written.
-///
-/// Raw bytes are handed to rustls only once its decrypted data has been read out, and rustls
-/// refuses more input while it holds over 16 KiB of decrypted data; decrypted data is never
-/// larger than the records it came from, so reading at most 16 KiB at a time keeps within that.
 pub const TLS_IO_CHUNK: usize = 16 * 1024;
 
 /// Socket options applied to the connection to the proxy, through socket2.
@@ -343,9 +339,18 @@ pub(crate) trait Sink: Write {
     fn set_write_timeout(&mut self, t: Option<Duration>) -> io::Result<()>;
 }
 
+/// Ends a socket's sending direction. A connection the peer has already torn down has no
+/// sending direction left to end, so `NotConnected` counts as done.
+fn shutdown_write(sock: &TcpStream) -> io::Result<()> {
+    match sock.shutdown(Shutdown::Write) {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
+    }
+}
+
 impl Sink for TcpStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
+        shutdown_write(self)
     }
 
     fn set_write_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
@@ -409,6 +414,14 @@ pub(crate) fn tls_handshake(
             return Err(fail(io::Error::new(io::ErrorKind::InvalidData, e)));
         }
     }
+    // The last flight (the client's Finished) is queued when the handshake completes: send it
+    // now, since a peer that speaks first waits for it.
+    while conn.wants_write() {
+        sink.set_write_timeout(Some(remaining(deadline, phase)?))
+            .map_err(failed)?;
+        conn.write_tls(sink).map_err(failed)?;
+    }
+    sink.flush().map_err(failed)?;
     sink.set_write_timeout(None).map_err(failed)?;
     Ok(conn)
 }
@@ -485,13 +498,18 @@ impl<W: Sink> TlsShared<W> {
         lock(&self.send).sink.set_write_timeout(t)
     }
 
-    /// Reads plaintext into `out`, reading raw bytes from `src` into `raw` when none is
-    /// buffered. `Ok(0)` means the peer ended the TLS stream properly; an `UnexpectedEof` error
-    /// means the connection ended without `close_notify`.
+    /// Reads plaintext into `out`, reading raw bytes from `src` into `raw` when it holds none.
+    /// `Ok(0)` means the peer ended the TLS stream properly; an `UnexpectedEof` error means the
+    /// connection ended without `close_notify`.
+    ///
+    /// rustls refuses more records while it holds over 16 KiB of decrypted data, and a record
+    /// completed by one read may be followed by more in the same read. So raw bytes are handed
+    /// over one `read_tls` call at a time, only once the decrypted data has been read out; what
+    /// rustls did not take waits in `raw` for the next call.
     pub(crate) fn read(
         &self,
         src: &mut dyn Source,
-        raw: &mut [u8],
+        raw: &mut RawBuf,
         out: &mut [u8],
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
@@ -503,30 +521,48 @@ impl<W: Sink> TlsShared<W> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => return other,
             }
-            let n = match src.read_by(raw, deadline) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+            let eof = raw.start == raw.end && {
+                let n = match src.read_by(&mut raw.buf, deadline) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                (raw.start, raw.end) = (0, n);
+                n == 0
             };
             let wants_write = {
                 let mut conn = lock(&self.conn);
-                let mut chunk = &raw[..n];
-                loop {
-                    conn.read_tls(&mut chunk)?;
-                    if let Err(e) = conn.process_new_packets() {
-                        drop(conn);
-                        let _ = self.flush();
-                        return Err(tls_data_error(e));
-                    }
-                    if chunk.is_empty() {
-                        break;
-                    }
+                let mut chunk = &raw.buf[raw.start..raw.end];
+                let taken = conn.read_tls(&mut chunk)?;
+                debug_assert!(taken > 0 || eof);
+                raw.start += taken;
+                if let Err(e) = conn.process_new_packets() {
+                    drop(conn);
+                    let _ = self.flush();
+                    return Err(tls_data_error(e));
                 }
                 conn.wants_write()
             };
             if wants_write {
                 self.flush()?;
             }
+        }
+    }
+}
+
+/// Raw bytes read for a TLS session and not yet handed to it: `buf[start..end]`.
+pub(crate) struct RawBuf {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl RawBuf {
+    pub(crate) fn new() -> RawBuf {
+        RawBuf {
+            buf: vec![0; TLS_IO_CHUNK].into_boxed_slice(),
+            start: 0,
+            end: 0,
         }
     }
 }
@@ -549,7 +585,7 @@ pub(crate) enum ReadSide {
     Tls {
         shared: Arc<TlsShared<TcpStream>>,
         sock: TcpStream,
-        raw: Box<[u8]>,
+        raw: RawBuf,
     },
 }
 
@@ -575,7 +611,7 @@ pub(crate) fn sides(
             let read = ReadSide::Tls {
                 shared: shared.clone(),
                 sock: read_sock,
-                raw: vec![0; TLS_IO_CHUNK].into_boxed_slice(),
+                raw: RawBuf::new(),
             };
             (read, WriteSide::Tls(shared))
         }
@@ -622,7 +658,7 @@ impl WriteSide {
     /// Ends the sending direction: TLS `close_notify` where there is TLS, then TCP shutdown.
     pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
-            WriteSide::Plain(s) => s.shutdown(Shutdown::Write),
+            WriteSide::Plain(s) => shutdown_write(s),
             WriteSide::Tls(shared) => shared.shutdown_write(),
         }
     }

@@ -15,7 +15,7 @@ use crate::handshake::{ConnectHandshake, Handshake, Step};
 use crate::reply::REPLY_HEAD_CAPACITY;
 use crate::request::{ConnectRequest, REQUEST_CAPACITY};
 use crate::transport::{
-    self, io_error, remaining, ReadSide, Sink, Source, TlsShared, WriteSide, TLS_IO_CHUNK,
+    self, io_error, remaining, RawBuf, ReadSide, Sink, Source, TlsShared, WriteSide,
 };
 
 /// What runs over an open tunnel: the handler style of using a [`Connector`].
@@ -582,7 +582,7 @@ enum ReadInner {
     TargetTls {
         shared: Arc<TlsShared<TunnelWriter>>,
         below: Box<TunnelReader>,
-        raw: Box<[u8]>,
+        raw: RawBuf,
     },
 }
 
@@ -750,7 +750,7 @@ fn with_target_tls(
             inner: ReadInner::TargetTls {
                 shared: shared.clone(),
                 below: Box::new(reader),
-                raw: vec![0; TLS_IO_CHUNK].into_boxed_slice(),
+                raw: RawBuf::new(),
             },
         },
         writer: TunnelWriter {
