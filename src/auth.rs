@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use crate::address::Credentials;
 use crate::md5::md5;
+use crate::sha256::sha256;
 
 /// One challenge from a `Proxy-Authenticate` (or `WWW-Authenticate`) header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,9 +148,7 @@ impl DigestAlgorithm {
         let digest: Vec<u8> = match self {
             DigestAlgorithm::Md5 | DigestAlgorithm::Md5Sess => md5(data.as_bytes()).to_vec(),
             DigestAlgorithm::Sha256 | DigestAlgorithm::Sha256Sess => {
-                ring::digest::digest(&ring::digest::SHA256, data.as_bytes())
-                    .as_ref()
-                    .to_vec()
+                sha256(data.as_bytes()).to_vec()
             }
         };
         digest.iter().fold(String::with_capacity(64), |mut s, b| {
@@ -295,18 +294,26 @@ fn quote(s: &str) -> String {
     out
 }
 
-/// A fresh client nonce: 16 random bytes as hex.
+/// A fresh client nonce: 16 bytes from the kernel's random source, as hex. Should that source
+/// be unreadable, a hash of the time, the process and a counter still differs per request,
+/// which is what Digest needs of a cnonce.
 pub(crate) fn new_cnonce() -> String {
-    use ring::rand::SecureRandom;
+    use std::io::Read;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut bytes = [0u8; 16];
-    // SystemRandom reads the OS source; if it ever fails, a time-derived value still differs
-    // per request, which is all Digest needs of a cnonce.
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        bytes = t.to_le_bytes();
+        let seed = format!(
+            "{t}:{}:{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        bytes.copy_from_slice(&sha256(seed.as_bytes())[..16]);
     }
     bytes.iter().fold(String::with_capacity(32), |mut s, b| {
         let _ = write!(s, "{b:02x}");

@@ -44,6 +44,7 @@ mod handshake;
 mod md5;
 mod reply;
 mod request;
+mod sha256;
 mod transport;
 mod tunnel;
 
