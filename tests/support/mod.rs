@@ -1,5 +1,6 @@
-//! Test support: real peer daemons (Squid, sshd) on free loopback ports, a throw-away CA, and
-//! small helpers (free ports, base64, bounded process runs).
+//! Test support: real peer daemons (Squid, Apache `mod_proxy_connect`, tinyproxy, HAProxy, sshd)
+//! on free loopback ports, a throw-away CA, and small helpers (free ports, base64, bounded process
+//! runs, daemon readiness).
 //!
 //! Include from an integration test with `mod support;`. Only std and the dev-dependency `rcgen`
 //! are used; the daemons come from Debian packages (`scripts/install-test-deps.sh`).
@@ -11,11 +12,17 @@
 //! - every child is reaped (`wait`) when its handle drops, and its temp dir removed.
 #![allow(dead_code, unused_imports)]
 
+pub mod apache;
+pub mod haproxy;
 pub mod squid;
 pub mod sshd;
+pub mod tinyproxy;
 
-pub use squid::{Squid, SquidOptions};
+pub use apache::{Apache, ApacheOptions};
+pub use haproxy::{Haproxy, HaproxyOptions};
+pub use squid::{Squid, SquidAuth, SquidOptions};
 pub use sshd::Sshd;
+pub use tinyproxy::{Tinyproxy, TinyproxyOptions};
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -124,6 +131,108 @@ pub fn port_accepts(addr: SocketAddr, timeout: Duration) -> bool {
         }
         thread::sleep(Duration::from_millis(20).min(left));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemon readiness
+// ---------------------------------------------------------------------------------------------
+
+/// What [`wait_daemon_ready`] looks at to decide that a daemon the tests spawned is serving.
+pub struct Readiness<'a> {
+    /// The daemon's name, for messages.
+    pub name: &'a str,
+    /// The daemon's own log files (in its temp dir), read as one text.
+    pub logs: &'a [PathBuf],
+    /// A substring of the log line that says the daemon is serving.
+    pub ready: &'a str,
+    /// Substrings of log lines that mean this attempt failed (bind error, fatal config error).
+    pub fatal: &'a [&'a str],
+    /// Every address the daemon must accept TCP connections on.
+    pub listeners: &'a [SocketAddr],
+    /// A pid file the daemon writes; when given, it must name the child (the daemon we
+    /// started, not another one that answers on the port).
+    pub pid_file: Option<&'a Path>,
+    /// How long the attempt may take.
+    pub timeout: Duration,
+}
+
+/// Waits until the child is ready by [`Readiness`]: its own log has the ready line and no fatal
+/// line, its pid file (if any) names it, every listener accepts a TCP connection, and it is
+/// still alive afterwards. Bounded by `timeout`; `Err` says why the attempt failed.
+pub fn wait_daemon_ready(child: &mut Child, r: &Readiness<'_>) -> Result<(), String> {
+    let deadline = Instant::now() + r.timeout;
+    let name = r.name;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{name} exited early ({status})"));
+        }
+        let log: String = r.logs.iter().map(|p| read_to_string_lossy(p)).collect();
+        if let Some(line) = log.lines().find(|l| r.fatal.iter().any(|f| l.contains(f))) {
+            return Err(format!("{name} reported: {line}"));
+        }
+        let pid_ok = match r.pid_file {
+            None => true,
+            Some(p) => fs::read_to_string(p)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .is_some_and(|pid| pid == child.id()),
+        };
+        if log.contains(r.ready)
+            && pid_ok
+            && r.listeners
+                .iter()
+                .all(|addr| port_accepts(*addr, Duration::from_millis(500)))
+        {
+            return match child.try_wait() {
+                Ok(None) => Ok(()),
+                Ok(Some(status)) => Err(format!("{name} exited right after start ({status})")),
+                Err(e) => Err(format!("try_wait: {e}")),
+            };
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{name} not ready within {:?} (ready line seen: {}, pid file ok: {pid_ok}, \
+                 listeners wanted: {:?})",
+                r.timeout,
+                log.contains(r.ready),
+                r.listeners
+            ));
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A file for a child's stdout or stderr.
+pub fn log_file(path: &Path) -> Stdio {
+    Stdio::from(fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display())))
+}
+
+/// Changes the owner of `dir` and of every file directly in it (daemons that drop to another
+/// user must write there).
+pub fn chown_dir(dir: &Path, uid: u32, gid: u32) {
+    let entries = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()));
+    for entry in std::iter::once(dir.to_path_buf()).chain(entries) {
+        std::os::unix::fs::chown(&entry, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", entry.display()));
+    }
+}
+
+/// The first of `names` that is a user in /etc/passwd, with its uid and gid.
+pub fn first_user(names: &[&str]) -> Option<(String, u32, u32)> {
+    names
+        .iter()
+        .find_map(|n| user_ids(n).map(|(u, g)| (n.to_string(), u, g)))
+}
+
+/// The name of the group with this gid, from /etc/group.
+pub fn group_name(gid: u32) -> Option<String> {
+    let text = fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 3 && f[2].parse() == Ok(gid)).then(|| f[0].to_string())
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,10 +3,14 @@
 //! One plain `http_port` on 127.0.0.1 and one `https_port` (certificate from a [`TestCa`]) on
 //! 127.0.0.1 and, where IPv6 loopback exists, the same port on [::1] (so `localhost` reaches it
 //! whichever address a client tries first). Basic auth is required; CONNECT is allowed only to
-//! the given ports on 127.0.0.1:
+//! the given ports on 127.0.0.1 (and on the names in [`SquidOptions::allowed_names`]):
 //! - allowed port, right credentials: `200 Connection established`;
 //! - no or wrong credentials: `407` (checked before anything else);
 //! - port not allowed, or a host other than 127.0.0.1: `403`.
+//!
+//! [`SquidOptions::auth`] picks the scheme: Basic (`basic_ncsa_auth`, the default), Digest only
+//! (`digest_file_auth`: the 407 then offers nothing but `Digest`, so a client must answer the
+//! challenge), or both (Squid then sends two `Proxy-Authenticate` headers, Digest first).
 //!
 //! Squid does not exit when a port cannot be bound: it logs `commBind Cannot bind socket` and
 //! keeps serving its other ports. So readiness is taken from its own `cache.log` (`Accepting ...
@@ -29,10 +33,23 @@ use super::{
 
 pub const SQUID: &str = "/usr/sbin/squid";
 pub const BASIC_NCSA_AUTH: &str = "/usr/lib/squid/basic_ncsa_auth";
+pub const DIGEST_FILE_AUTH: &str = "/usr/lib/squid/digest_file_auth";
 
 /// How long one start attempt may take before it counts as failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const START_ATTEMPTS: usize = 3;
+
+/// Which proxy authentication schemes Squid offers (when [`SquidOptions::require_auth`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SquidAuth {
+    /// Basic only (`basic_ncsa_auth` with an htpasswd file). The default.
+    Basic,
+    /// Digest only (`digest_file_auth` with `user:password` lines): Basic credentials are
+    /// refused, the 407 carries one `Proxy-Authenticate: Digest …`.
+    Digest,
+    /// Both: the 407 carries `Digest …` and `Basic …`.
+    DigestAndBasic,
+}
 
 /// What to start; [`SquidOptions::new`] gives the defaults [`Squid::start`] uses.
 #[derive(Clone, Debug)]
@@ -48,6 +65,11 @@ pub struct SquidOptions {
     /// Extra squid.conf lines, inserted before the `http_access` rules (so an `http_access`
     /// line here takes precedence over the built-in ones).
     pub extra_config: Vec<String>,
+    /// Authentication schemes offered (default [`SquidAuth::Basic`]).
+    pub auth: SquidAuth,
+    /// Host names allowed as CONNECT targets besides 127.0.0.1 (`dstdomain`, default none). A
+    /// name here that does not resolve lets a test see Squid's own answer to a failed lookup.
+    pub allowed_names: Vec<String>,
 }
 
 impl SquidOptions {
@@ -57,6 +79,8 @@ impl SquidOptions {
             require_auth: true,
             require_client_cert: false,
             extra_config: Vec::new(),
+            auth: SquidAuth::Basic,
+            allowed_names: Vec::new(),
         }
     }
 }
@@ -91,6 +115,9 @@ impl Squid {
         if !require_peer(SQUID) || !require_peer(BASIC_NCSA_AUTH) || !require_peer("openssl") {
             return None;
         }
+        if options.auth != SquidAuth::Basic && !require_peer(DIGEST_FILE_AUTH) {
+            return None;
+        }
         let user = "camera".to_string();
         let password = "s3cret pass".to_string();
         let ca = TestCa::new();
@@ -108,6 +135,11 @@ impl Squid {
             let conf = squid_conf(&tmp.path, plain_port, tls_port, &ca, &options);
             write_file(&tmp.join("squid.conf"), conf, 0o644);
             write_file(&tmp.join("passwd"), &htpasswd_line, 0o644);
+            write_file(
+                &tmp.join("digest_passwd"),
+                format!("{user}:{password}\n"),
+                0o644,
+            );
             give_to_proxy_user(&tmp.path);
 
             let spawned = Instant::now();
@@ -306,12 +338,22 @@ fn squid_conf(
         c.push('\n');
     }
     if options.require_auth {
-        c.push_str(&format!(
-            "auth_param basic program {BASIC_NCSA_AUTH} {d}/passwd\n\
-             auth_param basic children 2 startup=1 idle=1\n\
-             auth_param basic realm connect-tunnel-test\n\
-             acl authed proxy_auth REQUIRED\n"
-        ));
+        // Squid offers the schemes in the order they are configured.
+        if options.auth != SquidAuth::Basic {
+            c.push_str(&format!(
+                "auth_param digest program {DIGEST_FILE_AUTH} {d}/digest_passwd\n\
+                 auth_param digest children 2 startup=1 idle=1\n\
+                 auth_param digest realm connect-tunnel-test\n"
+            ));
+        }
+        if options.auth != SquidAuth::Digest {
+            c.push_str(&format!(
+                "auth_param basic program {BASIC_NCSA_AUTH} {d}/passwd\n\
+                 auth_param basic children 2 startup=1 idle=1\n\
+                 auth_param basic realm connect-tunnel-test\n"
+            ));
+        }
+        c.push_str("acl authed proxy_auth REQUIRED\n");
     }
     let ports = if options.allowed_ports.is_empty() {
         // An acl needs at least one value; port 0 matches no real CONNECT target.
@@ -329,6 +371,12 @@ fn squid_conf(
          acl SSL_ports port {ports}\n\
          acl allowed_targets dst 127.0.0.1\n"
     ));
+    if !options.allowed_names.is_empty() {
+        c.push_str(&format!(
+            "acl allowed_names dstdomain {}\n",
+            options.allowed_names.join(" ")
+        ));
+    }
     for line in &options.extra_config {
         c.push_str(line);
         c.push('\n');
@@ -336,10 +384,15 @@ fn squid_conf(
     if options.require_auth {
         c.push_str("http_access deny !authed\n");
     }
+    c.push_str("http_access deny CONNECT !SSL_ports\n");
+    if options.allowed_names.is_empty() {
+        c.push_str("http_access deny CONNECT !allowed_targets\n");
+    } else {
+        // Names first: a listed name is allowed without the `dst` look-up.
+        c.push_str("http_access deny CONNECT !allowed_names !allowed_targets\n");
+    }
     c.push_str(
-        "http_access deny CONNECT !SSL_ports\n\
-         http_access deny CONNECT !allowed_targets\n\
-         http_access allow CONNECT\n\
+        "http_access allow CONNECT\n\
          http_access deny all\n",
     );
     c
