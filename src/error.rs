@@ -146,7 +146,8 @@ pub enum Error {
         source: io::Error,
     },
     /// The TLS handshake with the proxy failed: untrusted or expired certificate, wrong name,
-    /// a peer that does not speak TLS, a rejected client certificate (phase: write).
+    /// a peer that does not speak TLS, a rejected client certificate (phase: write; over TLS
+    /// 1.3 a rejected client certificate is only reported once the reply is awaited).
     Tls {
         /// What rustls or the socket reported.
         source: io::Error,
@@ -255,7 +256,7 @@ impl fmt::Display for Error {
             Error::Connect { addr, source } => {
                 write!(f, "write: cannot connect to proxy at {addr}: {source}")
             }
-            Error::Tls { source } => write!(f, "write: TLS to the proxy failed: {source}"),
+            Error::Tls { source } => write!(f, "TLS to the proxy failed: {source}"),
             Error::TargetTls { source } => {
                 write!(f, "hand off: TLS to the target failed: {source}")
             }

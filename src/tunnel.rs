@@ -374,6 +374,10 @@ fn await_reply(
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(closed_early),
+            // A TLS alert or protocol error from the proxy. Over TLS 1.3 the proxy checks a
+            // client certificate after the client's side of the handshake is done, so a
+            // missing or rejected one is reported here.
+            Err(e) if transport::is_tls_failure(&e) => return Err(Error::Tls { source: e }),
             Err(e) => return Err(io_error(e, phase)),
         }
         if let Some(step) = handshake.try_reply(&head[..filled])? {

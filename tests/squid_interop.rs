@@ -237,18 +237,26 @@ fn cli_through_squid_relays_and_exits_with_documented_codes() {
             "{url}: stdout is not a prefix of what was sent"
         );
     }
-    // -U overrides the URL's credentials.
+    // -U overrides the URL's credentials. (No half-close: the target closes after the echo.)
+    let c = format!("127.0.0.1:{closing}");
     let (code, out, err) = cli(
         &[
             "-x",
             &squid.plain_url(false),
             "-U",
             "camera:s3cret pass",
-            &t,
+            "--no-half-close",
+            &c,
         ],
-        b"",
+        &input,
     );
-    assert_eq!((code, out.as_slice()), (0, BANNER), "{err}");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out == expected,
+        "-U: {} bytes out of {}",
+        out.len(),
+        expected.len()
+    );
 
     let (code, _, err) = cli(&["-x", &squid.plain_url(false), &t], b"");
     assert_eq!(code, 4, "{err}");

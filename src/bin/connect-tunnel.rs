@@ -414,11 +414,25 @@ fn stdio_mode(dial: &Dial, half_close: bool) -> Result<(), Fail> {
             log::info!("close: tunnel ended after {n} bytes received");
             Ok(())
         }
+        Err(e) if ended_without_close_notify(&e) => Ok(()),
         Err(e) => Err(Fail {
             code: 1,
             message: format!("exchange: {e}"),
         }),
     }
+}
+
+/// Whether the proxy ended its TLS connection without `close_notify`. Apache's TLS listener does
+/// so whenever the target closes, after every byte has arrived; the CLI takes it as the end of
+/// the tunnel (the library reports it, for callers who need to tell truncation apart).
+fn ended_without_close_notify(e: &io::Error) -> bool {
+    let yes = e.kind() == io::ErrorKind::UnexpectedEof;
+    if yes {
+        log::warn!(
+            "close: the proxy ended TLS without close_notify; taken as the end of the tunnel"
+        );
+    }
+    yes
 }
 
 /// Accepts local connections and opens one tunnel for each.
@@ -464,7 +478,12 @@ fn forward_one(dial: &Dial, client: TcpStream, half_close: bool) -> Result<(), F
     let client_in = client.try_clone().map_err(io_fail)?;
     let up = std::thread::spawn(move || pump(client_in, &mut *tunnel_out, half_close));
     let mut client_out = client;
-    let down = pump(tunnel_in, &mut client_out, true);
+    let down = match pump(tunnel_in, &mut client_out, true) {
+        Err(e) if ended_without_close_notify(&e) => {
+            client_out.shutdown(Shutdown::Write).map(|()| 0)
+        }
+        other => other,
+    };
     let up = up
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("relay thread panicked")));
