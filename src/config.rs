@@ -176,6 +176,21 @@ impl Config {
         self
     }
 
+    /// DSCP code point (0–63) for the connection, e.g. `Some(46)` (EF) for voice. Defaults to
+    /// `None` (the system's default marking). Values above 63 are masked to 6 bits.
+    pub fn dscp(mut self, dscp: Option<u8>) -> Self {
+        self.socket.dscp = dscp;
+        self
+    }
+
+    /// `TCP_USER_TIMEOUT` on Linux: unacknowledged data older than this drops the connection,
+    /// so a dead peer surfaces as an error within the bound. Defaults to `None` (the kernel's
+    /// retransmission limits, many minutes). Ignored on other systems.
+    pub fn user_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.socket.user_timeout = timeout;
+        self
+    }
+
     /// The TLS settings in force.
     pub fn tls_options(&self) -> &TlsOptions {
         &self.tls

@@ -35,6 +35,13 @@ pub struct SocketOptions {
     pub send_buffer_size: Option<usize>,
     /// `SO_RCVBUF` in bytes; `None` keeps the system default.
     pub recv_buffer_size: Option<usize>,
+    /// DSCP code point (0–63) for the packets to the proxy, e.g. 46 (EF) for voice, 34 (AF41)
+    /// for video; set as IPv4 TOS or IPv6 traffic class. `None` leaves the default.
+    pub dscp: Option<u8>,
+    /// `TCP_USER_TIMEOUT` (Linux): how long sent data may stay unacknowledged before the
+    /// connection is dropped, bounding dead-peer detection while data is in flight. With
+    /// keepalive, also bounds detection on an idle connection. `None` leaves the default.
+    pub user_timeout: Option<Duration>,
 }
 
 impl Default for SocketOptions {
@@ -44,6 +51,8 @@ impl Default for SocketOptions {
             keepalive: Some(Duration::from_secs(30)),
             send_buffer_size: None,
             recv_buffer_size: None,
+            dscp: None,
+            user_timeout: None,
         }
     }
 }
@@ -310,6 +319,17 @@ fn connect_one(addr: SocketAddr, opts: &SocketOptions, timeout: Duration) -> io:
     }
     if let Some(n) = opts.recv_buffer_size {
         socket.set_recv_buffer_size(n)?;
+    }
+    if let Some(dscp) = opts.dscp {
+        let tos = u32::from(dscp & 0x3f) << 2;
+        match addr {
+            SocketAddr::V4(_) => socket.set_tos_v4(tos)?,
+            SocketAddr::V6(_) => socket.set_tclass_v6(tos)?,
+        }
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if opts.user_timeout.is_some() {
+        socket.set_tcp_user_timeout(opts.user_timeout)?;
     }
     socket.connect_timeout(&addr.into(), timeout)?;
     Ok(socket.into())
