@@ -499,15 +499,43 @@ impl<W: Sink> TlsShared<W> {
     }
 
     pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        let mut send = lock(&self.send);
-        let n = lock(&self.conn).writer().write(buf)?;
-        self.send_pending(&mut send)?;
+        let n = {
+            let mut send = lock(&self.send);
+            let n = lock(&self.conn).writer().write(buf)?;
+            self.send_pending(&mut send)?;
+            n
+        };
+        self.send_pending_if_free()?;
         Ok(n)
     }
 
     pub(crate) fn flush(&self) -> io::Result<()> {
-        let mut send = lock(&self.send);
-        self.send_pending(&mut send)
+        {
+            let mut send = lock(&self.send);
+            self.send_pending(&mut send)?;
+        }
+        self.send_pending_if_free()
+    }
+
+    /// Sends what is queued unless the other half holds the send lock.
+    ///
+    /// The reading half must never wait for that lock: the writing half may be blocked in a
+    /// socket write to a peer that is itself waiting for this side to read. Whoever holds the
+    /// lock sends everything queued before letting go, and looks again after letting go, so a
+    /// record the reading half queues (an alert, a key update) is sent by one of the two.
+    fn send_pending_if_free(&self) -> io::Result<()> {
+        loop {
+            match self.send.try_lock() {
+                Ok(mut send) => self.send_pending(&mut send)?,
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    self.send_pending(&mut p.into_inner())?
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+            }
+            if !lock(&self.conn).wants_write() {
+                return Ok(());
+            }
+        }
     }
 
     /// Sends `close_notify`, then ends the sink's sending direction.
@@ -563,13 +591,13 @@ impl<W: Sink> TlsShared<W> {
                 raw.start += taken;
                 if let Err(e) = conn.process_new_packets() {
                     drop(conn);
-                    let _ = self.flush();
+                    let _ = self.send_pending_if_free();
                     return Err(tls_data_error(e));
                 }
                 conn.wants_write()
             };
             if wants_write {
-                self.flush()?;
+                self.send_pending_if_free()?;
             }
         }
     }

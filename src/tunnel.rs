@@ -629,6 +629,9 @@ impl TunnelReader {
 
 impl Source for TunnelReader {
     fn read_by(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         match &mut self.inner {
             ReadInner::Proxy {
                 side,

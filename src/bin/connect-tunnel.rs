@@ -39,6 +39,10 @@ Options:
   -k, --insecure               do not verify the target's certificate (implies --tls; warns)
       --connect-timeout <SECS> deadline for resolve + connect + TLS + CONNECT exchange
                                (default 30)
+      --dscp <0-63>            DSCP marking for the packets to the proxy (46 = EF, voice)
+      --keepalive <SECS>       TCP keepalive idle time (default 30; 0 turns it off)
+      --user-timeout <SECS>    drop the connection when sent data stays unacknowledged this
+                               long (TCP_USER_TIMEOUT; dead-peer detection)
   -l, --listen <ADDR>          forward mode: accept local TCP connections on ADDR and open
                                one tunnel for each
       --no-half-close          when the local side ends its sending direction, do not pass
@@ -146,6 +150,9 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
     let mut headers = Vec::new();
     let mut user_agent = None;
     let mut timeout = None;
+    let mut dscp = None;
+    let mut keepalive = None;
+    let mut user_timeout = None;
     let mut listen = None;
     let mut half_close = true;
     let mut verbosity = 0u8;
@@ -188,19 +195,18 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
             "-k" | "--insecure" => target_insecure = true,
             "-H" | "--proxy-header" => headers.push(value(name)?),
             "-A" | "--user-agent" => user_agent = Some(value(name)?),
-            "--connect-timeout" => {
+            "--connect-timeout" => timeout = Some(seconds(name, &value(name)?, false)?),
+            "--dscp" => {
                 let v = value(name)?;
-                let secs: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s < 1e9)
-                    .ok_or_else(|| {
-                        Fail::usage(format!(
-                            "--connect-timeout: not a positive number of seconds: {v}"
-                        ))
-                    })?;
-                timeout = Some(Duration::from_secs_f64(secs));
+                dscp = Some(
+                    v.parse::<u8>()
+                        .ok()
+                        .filter(|d| *d < 64)
+                        .ok_or_else(|| Fail::usage(format!("--dscp: not 0-63: {v}")))?,
+                );
             }
+            "--keepalive" => keepalive = Some(seconds(name, &value(name)?, true)?),
+            "--user-timeout" => user_timeout = Some(seconds(name, &value(name)?, false)?),
             "-l" | "--listen" => listen = Some(value(name)?),
             "--no-half-close" => half_close = false,
             "-v" | "--verbose" => verbosity += 1,
@@ -248,6 +254,15 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
     if let Some(ua) = user_agent {
         config = config.user_agent((!ua.is_empty()).then_some(ua.as_str()));
     }
+    if dscp.is_some() {
+        config = config.dscp(dscp);
+    }
+    if let Some(idle) = keepalive {
+        config = config.keepalive((!idle.is_zero()).then_some(idle));
+    }
+    if user_timeout.is_some() {
+        config = config.user_timeout(user_timeout);
+    }
     let timeout = timeout.unwrap_or(Duration::from_secs(30));
     config = config.connect_timeout(timeout);
     Ok(Some(Options {
@@ -261,6 +276,15 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
         half_close,
         verbosity,
     }))
+}
+
+/// A number of seconds (fractions allowed) from option `name`; zero only when `zero_ok`.
+fn seconds(name: &str, v: &str, zero_ok: bool) -> Result<Duration, Fail> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s < 1e9 && (*s > 0.0 || (zero_ok && *s == 0.0)))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| Fail::usage(format!("{name}: not a valid number of seconds: {v}")))
 }
 
 /// The proxy from the environment, as curl reads it; `None` when NO_PROXY matches the target.
