@@ -44,6 +44,7 @@ mod handshake;
 mod md5;
 mod reply;
 mod request;
+mod retry;
 mod sha256;
 mod transport;
 mod tunnel;
@@ -57,6 +58,7 @@ pub use reply::{
     try_parse_reply, Reply, MAX_INTERIM_REPLIES, MAX_REPLY_HEADERS, REPLY_HEAD_CAPACITY,
 };
 pub use request::{encode_connect, ConnectRequest, Header, REQUEST_CAPACITY};
+pub use retry::{Backoff, Retry};
 pub use transport::{SocketOptions, TlsOptions, TrustAnchors, TLS_IO_CHUNK};
 pub use tunnel::{
     establish, Connector, Established, StreamHandler, Tunnel, TunnelReader, TunnelWriter,
