@@ -45,6 +45,8 @@ Options:
                                long (TCP_USER_TIMEOUT; dead-peer detection)
   -l, --listen <ADDR>          forward mode: accept local TCP connections on ADDR and open
                                one tunnel for each
+      --drain-timeout <SECS>   forward mode: on SIGTERM/SIGINT stop accepting and let live
+                               tunnels finish for up to SECS (default 10), then exit
       --no-half-close          when the local side ends its sending direction, do not pass
                                the half-close on (for proxies that then drop the tunnel)
   -v, --verbose                log phases to stderr (-vv for more); never a password
@@ -66,6 +68,7 @@ struct Options {
     target_insecure: bool,
     timeout: Duration,
     listen: Option<String>,
+    drain: Duration,
     half_close: bool,
     verbosity: u8,
 }
@@ -132,7 +135,7 @@ fn run() -> Result<(), Fail> {
     });
     match opts.listen {
         None => stdio_mode(&dial, opts.half_close),
-        Some(addr) => forward_mode(dial, &addr, opts.half_close),
+        Some(addr) => forward_mode(dial, &addr, opts.half_close, opts.drain),
     }
 }
 
@@ -154,6 +157,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
     let mut keepalive = None;
     let mut user_timeout = None;
     let mut listen = None;
+    let mut drain = Duration::from_secs(10);
     let mut half_close = true;
     let mut verbosity = 0u8;
 
@@ -208,6 +212,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
             "--keepalive" => keepalive = Some(seconds(name, &value(name)?, true)?),
             "--user-timeout" => user_timeout = Some(seconds(name, &value(name)?, false)?),
             "-l" | "--listen" => listen = Some(value(name)?),
+            "--drain-timeout" => drain = seconds(name, &value(name)?, true)?,
             "--no-half-close" => half_close = false,
             "-v" | "--verbose" => verbosity += 1,
             "-vv" => verbosity += 2,
@@ -273,6 +278,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
         target_insecure,
         timeout,
         listen,
+        drain,
         half_close,
         verbosity,
     }))
@@ -460,7 +466,18 @@ fn ended_without_close_notify(e: &io::Error) -> bool {
 }
 
 /// Accepts local connections and opens one tunnel for each.
-fn forward_mode(dial: Arc<Dial>, addr: &str, half_close: bool) -> Result<(), Fail> {
+/// Live tunnels in forward mode at most; further local connections are closed at once.
+const MAX_TUNNELS: usize = 256;
+
+/// Accepts local connections and opens one tunnel for each. On SIGTERM or SIGINT it stops
+/// accepting, lets live tunnels finish for up to `drain`, then exits.
+fn forward_mode(
+    dial: Arc<Dial>,
+    addr: &str,
+    half_close: bool,
+    drain: Duration,
+) -> Result<(), Fail> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let listener = TcpListener::bind(addr).map_err(|e| Fail {
         code: 2,
         message: format!("cannot listen on {addr}: {e}"),
@@ -469,16 +486,29 @@ fn forward_mode(dial: Arc<Dial>, addr: &str, half_close: bool) -> Result<(), Fai
         code: 1,
         message: e.to_string(),
     })?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    watch_signals(stopping.clone(), local)?;
+    let live = Arc::new(AtomicUsize::new(0));
     eprintln!("connect-tunnel: listening on {local}");
     for conn in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
         let client = match conn {
             Ok(c) => c,
             Err(e) => {
+                // Out of descriptors, say: do not spin.
                 log::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
-        let dial = dial.clone();
+        if live.load(Ordering::SeqCst) >= MAX_TUNNELS {
+            log::warn!("accept: {MAX_TUNNELS} tunnels open already; closing the new connection");
+            continue;
+        }
+        live.fetch_add(1, Ordering::SeqCst);
+        let (dial, live) = (dial.clone(), live.clone());
         std::thread::spawn(move || {
             let peer = client
                 .peer_addr()
@@ -487,8 +517,52 @@ fn forward_mode(dial: Arc<Dial>, addr: &str, half_close: bool) -> Result<(), Fai
             if let Err(f) = forward_one(&dial, client, half_close) {
                 eprintln!("connect-tunnel: {peer}: {}", f.message);
             }
+            live.fetch_sub(1, Ordering::SeqCst);
         });
     }
+    drop(listener);
+    let deadline = std::time::Instant::now() + drain;
+    let mut open = live.load(Ordering::SeqCst);
+    if open > 0 {
+        eprintln!("connect-tunnel: stopping: waiting up to {drain:?} for {open} tunnel(s)");
+    }
+    while open > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        open = live.load(Ordering::SeqCst);
+    }
+    if open > 0 {
+        eprintln!("connect-tunnel: stopping: closing {open} tunnel(s) still open");
+    }
+    Ok(())
+}
+
+/// On SIGTERM or SIGINT, sets `stopping` and wakes the accept loop with a connection to its
+/// own listener.
+fn watch_signals(
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    local: std::net::SocketAddr,
+) -> Result<(), Fail> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| Fail {
+        code: 1,
+        message: format!("cannot watch signals: {e}"),
+    })?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            log::info!("close: signal {signal}: no new tunnels");
+            stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+            let wake = match local.ip() {
+                ip if ip.is_unspecified() && local.is_ipv4() => {
+                    std::net::SocketAddr::from(([127, 0, 0, 1], local.port()))
+                }
+                ip if ip.is_unspecified() => {
+                    std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, local.port()))
+                }
+                _ => local,
+            };
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        }
+    });
     Ok(())
 }
 
