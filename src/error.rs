@@ -71,6 +71,8 @@ pub enum InvalidInput {
     RequestTooLarge,
     /// A certificate, key or CA file could not be read or holds no usable PEM item.
     TlsMaterial,
+    /// TLS was asked for, but this build of the crate has no `tls` feature.
+    TlsUnavailable,
 }
 
 impl InvalidInput {
@@ -84,6 +86,7 @@ impl InvalidInput {
             InvalidInput::HeaderSyntax => "header must be 'Name: value'",
             InvalidInput::RequestTooLarge => "CONNECT request exceeds the request buffer",
             InvalidInput::TlsMaterial => "unusable TLS certificate, key or CA file",
+            InvalidInput::TlsUnavailable => "this build has no TLS support",
         }
     }
 }

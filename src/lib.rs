@@ -46,6 +46,8 @@ mod reply;
 mod request;
 mod retry;
 mod sha256;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 mod tunnel;
 

@@ -2,9 +2,11 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "tls")]
 use rustls::pki_types::ServerName;
 
 use crate::address::{Proxy, ProxyScheme, Target};
@@ -14,9 +16,9 @@ use crate::error::{Error, InvalidInput, Phase, ReplyProblem};
 use crate::handshake::{ConnectHandshake, Handshake, Step};
 use crate::reply::REPLY_HEAD_CAPACITY;
 use crate::request::{ConnectRequest, REQUEST_CAPACITY};
-use crate::transport::{
-    self, io_error, remaining, RawBuf, ReadSide, Sink, Source, TlsShared, WriteSide,
-};
+#[cfg(feature = "tls")]
+use crate::tls::{self, RawBuf, TlsShared};
+use crate::transport::{self, io_error, remaining, ReadSide, Sink, Source, WriteSide};
 
 /// What runs over an open tunnel: the handler style of using a [`Connector`].
 ///
@@ -42,14 +44,36 @@ impl<F: FnMut(&mut Tunnel) -> io::Result<()>> StreamHandler for F {
 pub struct Connector {
     proxy: Proxy,
     config: Config,
+    #[cfg(feature = "tls")]
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    #[cfg(feature = "tls")]
     target_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Connector {
     /// A connector for `proxy` with `config`. For an `https://` proxy this reads the CA and
     /// client certificate files now, so a bad file is reported before any connection.
+    ///
+    /// Built without the `tls` feature, an `https://` proxy or TLS to the target is refused
+    /// with [`InvalidInput::TlsUnavailable`].
     pub fn new(proxy: Proxy, config: Config) -> Result<Connector, Error> {
+        #[cfg(not(feature = "tls"))]
+        {
+            if proxy.scheme() == ProxyScheme::Https || config.target_tls.is_some() {
+                return Err(Error::invalid(
+                    Phase::AcquireAddresses,
+                    InvalidInput::TlsUnavailable,
+                    "TLS (this build has no tls feature)",
+                ));
+            }
+            Ok(Connector { proxy, config })
+        }
+        #[cfg(feature = "tls")]
+        Self::with_tls(proxy, config)
+    }
+
+    #[cfg(feature = "tls")]
+    fn with_tls(proxy: Proxy, config: Config) -> Result<Connector, Error> {
         let tls = match proxy.scheme() {
             ProxyScheme::Http => None,
             ProxyScheme::Https => {
@@ -60,11 +84,11 @@ impl Connector {
                         "proxy host (as a TLS name)",
                     )
                 })?;
-                Some((transport::client_config(config.tls_options())?, name))
+                Some((tls::client_config(config.tls_options())?, name))
             }
         };
         let target_tls = match config.target_tls.as_ref() {
-            Some(opts) => Some(transport::client_config(opts)?),
+            Some(opts) => Some(tls::client_config(opts)?),
             None => None,
         };
         Ok(Connector {
@@ -96,22 +120,22 @@ impl Connector {
         request.user_agent = self.config.user_agent.as_deref();
         request.headers = &self.config.headers;
         log::info!("acquire addresses: proxy {}, target {target}", self.proxy);
+        #[cfg(feature = "tls")]
         let started = Instant::now();
         let tunnel = self.connect_with(&mut ConnectHandshake::new(request))?;
-        match &self.target_tls {
-            None => Ok(tunnel),
-            Some(config) => {
-                let name = ServerName::try_from(target.host().to_owned()).map_err(|_| {
-                    Error::invalid(
-                        Phase::HandOff,
-                        InvalidInput::Target,
-                        "target host (as a TLS name)",
-                    )
-                })?;
-                let deadline = started + self.config.connect_timeout;
-                with_target_tls(tunnel, config.clone(), name, deadline, started)
-            }
+        #[cfg(feature = "tls")]
+        if let Some(config) = &self.target_tls {
+            let name = ServerName::try_from(target.host().to_owned()).map_err(|_| {
+                Error::invalid(
+                    Phase::HandOff,
+                    InvalidInput::Target,
+                    "target host (as a TLS name)",
+                )
+            })?;
+            let deadline = started + self.config.connect_timeout;
+            return with_target_tls(tunnel, config.clone(), name, deadline, started);
         }
+        Ok(tunnel)
     }
 
     /// Opens a tunnel to `target`, passes it to `handler`, then closes it.
@@ -195,30 +219,30 @@ impl Connector {
         deadline: Instant,
     ) -> Result<(ReadSide, WriteSide), Error> {
         let phase = Phase::Write;
+        #[allow(unused_mut)] // written only by TLS
         let mut sock = transport::connect_tcp(addrs, &self.config.socket, deadline)?;
+        #[allow(unused_mut)] // written only by TLS
         let mut read_sock = sock
             .try_clone()
             .map_err(|source| Error::Io { phase, source })?;
-        let tls = match &self.tls {
-            None => None,
-            Some((config, name)) => {
-                let conn = transport::tls_handshake(
-                    config.clone(),
-                    name.clone(),
-                    &mut read_sock,
-                    &mut sock,
-                    deadline,
-                    phase,
-                    |source| Error::Tls { source },
-                )?;
-                log::debug!(
-                    "write: TLS to the proxy established ({:?})",
-                    conn.protocol_version()
-                );
-                Some(conn)
-            }
-        };
-        Ok(transport::sides(sock, read_sock, tls))
+        #[cfg(feature = "tls")]
+        if let Some((config, name)) = &self.tls {
+            let conn = tls::handshake(
+                config.clone(),
+                name.clone(),
+                &mut read_sock,
+                &mut sock,
+                deadline,
+                phase,
+                |source| Error::Tls { source },
+            )?;
+            log::debug!(
+                "write: TLS to the proxy established ({:?})",
+                conn.protocol_version()
+            );
+            return Ok(transport::tls_sides(sock, read_sock, conn));
+        }
+        Ok(transport::plain_sides(sock, read_sock))
     }
 }
 
@@ -377,7 +401,8 @@ fn await_reply(
             // A TLS alert or protocol error from the proxy. Over TLS 1.3 the proxy checks a
             // client certificate after the client's side of the handshake is done, so a
             // missing or rejected one is reported here.
-            Err(e) if transport::is_tls_failure(&e) => return Err(Error::Tls { source: e }),
+            #[cfg(feature = "tls")]
+            Err(e) if tls::is_tls_failure(&e) => return Err(Error::Tls { source: e }),
             Err(e) => return Err(io_error(e, phase)),
         }
         if let Some(step) = handshake.try_reply(&head[..filled])? {
@@ -507,7 +532,11 @@ impl Tunnel {
 
     /// Whether TLS to the target runs inside the tunnel (see [`Config::target_tls`]).
     pub fn is_target_tls(&self) -> bool {
-        matches!(self.reader.inner, ReadInner::TargetTls { .. })
+        match self.reader.inner {
+            ReadInner::Proxy { .. } => false,
+            #[cfg(feature = "tls")]
+            ReadInner::TargetTls { .. } => true,
+        }
     }
 
     /// The TCP socket to the proxy, for socket options and timeouts.
@@ -583,6 +612,7 @@ enum ReadInner {
         end: usize,
     },
     /// TLS to the target inside the tunnel: records come from the tunnel below.
+    #[cfg(feature = "tls")]
     TargetTls {
         shared: Arc<TlsShared<TunnelWriter>>,
         below: Box<TunnelReader>,
@@ -607,6 +637,7 @@ impl TunnelReader {
     pub fn buffered(&self) -> &[u8] {
         match &self.inner {
             ReadInner::Proxy { head, pos, end, .. } => &head[*pos..*end],
+            #[cfg(feature = "tls")]
             ReadInner::TargetTls { .. } => &[],
         }
     }
@@ -615,6 +646,7 @@ impl TunnelReader {
     pub fn get_ref(&self) -> &TcpStream {
         match &self.inner {
             ReadInner::Proxy { side, .. } => side.socket(),
+            #[cfg(feature = "tls")]
             ReadInner::TargetTls { below, .. } => below.get_ref(),
         }
     }
@@ -622,6 +654,7 @@ impl TunnelReader {
     fn proxy_is_tls(&self) -> bool {
         match &self.inner {
             ReadInner::Proxy { side, .. } => side.is_tls(),
+            #[cfg(feature = "tls")]
             ReadInner::TargetTls { below, .. } => below.proxy_is_tls(),
         }
     }
@@ -644,6 +677,7 @@ impl Source for TunnelReader {
                 }
                 side.read(buf, deadline)
             }
+            #[cfg(feature = "tls")]
             ReadInner::TargetTls { shared, below, raw } => {
                 shared.read(&mut **below, raw, buf, deadline)
             }
@@ -667,6 +701,7 @@ enum WriteInner {
     /// Bytes straight to the connection to the proxy.
     Proxy(WriteSide),
     /// TLS to the target inside the tunnel: records go to the tunnel below.
+    #[cfg(feature = "tls")]
     TargetTls(Arc<TlsShared<TunnelWriter>>),
 }
 
@@ -685,6 +720,7 @@ impl TunnelWriter {
         self.write_closed = true;
         match &mut self.inner {
             WriteInner::Proxy(side) => side.shutdown_write(),
+            #[cfg(feature = "tls")]
             WriteInner::TargetTls(shared) => shared.shutdown_write(),
         }
     }
@@ -698,6 +734,7 @@ impl Sink for TunnelWriter {
     fn set_write_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
         match &mut self.inner {
             WriteInner::Proxy(side) => side.set_write_timeout(t),
+            #[cfg(feature = "tls")]
             WriteInner::TargetTls(shared) => shared.set_write_timeout(t),
         }
     }
@@ -707,6 +744,7 @@ impl Write for TunnelWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.inner {
             WriteInner::Proxy(side) => side.write(buf),
+            #[cfg(feature = "tls")]
             WriteInner::TargetTls(shared) => shared.write(buf),
         }
     }
@@ -714,11 +752,13 @@ impl Write for TunnelWriter {
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.inner {
             WriteInner::Proxy(side) => side.flush(),
+            #[cfg(feature = "tls")]
             WriteInner::TargetTls(shared) => shared.flush(),
         }
     }
 }
 
+#[cfg(feature = "tls")]
 /// Runs TLS to the target over an open tunnel, within `deadline`, verifying the target's
 /// certificate against `name`; returns the tunnel carrying the target's plaintext.
 fn with_target_tls(
@@ -734,7 +774,7 @@ fn with_target_tls(
         mut writer,
         ..
     } = tunnel;
-    let conn = transport::tls_handshake(
+    let conn = tls::handshake(
         config,
         name,
         &mut reader,

@@ -64,7 +64,10 @@ fn expired_certificate_is_a_tls_error_exit_3() {
         .connect(&Target::parse("media.example.com:443").unwrap())
         .unwrap_err();
     match &err {
-        Error::Tls { source } => assert!(source.to_string().contains("certificate expired"), "{source}"),
+        Error::Tls { source } => assert!(
+            source.to_string().contains("certificate expired"),
+            "{source}"
+        ),
         other => panic!("expected Error::Tls, got {other:?}"),
     }
     assert_eq!(err.exit_code(), 3);
