@@ -73,6 +73,9 @@ pub enum InvalidInput {
     TlsMaterial,
     /// TLS was asked for, but this build of the crate has no `tls` feature.
     TlsUnavailable,
+    /// A socket option is out of the range the system accepts (keepalive idle time 1–32767 s,
+    /// user timeout 1 ms – 49 days).
+    SocketOption,
 }
 
 impl InvalidInput {
@@ -87,6 +90,7 @@ impl InvalidInput {
             InvalidInput::RequestTooLarge => "CONNECT request exceeds the request buffer",
             InvalidInput::TlsMaterial => "unusable TLS certificate, key or CA file",
             InvalidInput::TlsUnavailable => "this build has no TLS support",
+            InvalidInput::SocketOption => "socket option out of range",
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "tls")]
 use rustls::ClientConnection;
 
-use crate::error::{Error, Phase};
+use crate::error::{Error, InvalidInput, Phase};
 #[cfg(feature = "tls")]
 use crate::tls::{RawBuf, TlsShared};
 
@@ -39,6 +39,32 @@ pub struct SocketOptions {
     /// connection is dropped, bounding dead-peer detection while data is in flight. With
     /// keepalive, also bounds detection on an idle connection. `None` leaves the default.
     pub user_timeout: Option<Duration>,
+}
+
+impl SocketOptions {
+    /// Refuses values the kernel would reject at connect time, so they are reported as input
+    /// errors up front: keepalive idle time 1–32767 s, user timeout 1 ms – `u32::MAX` ms.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        let bad = |what| {
+            Err(Error::invalid(
+                Phase::AcquireAddresses,
+                InvalidInput::SocketOption,
+                what,
+            ))
+        };
+        if let Some(idle) = self.keepalive {
+            if !(Duration::from_secs(1)..=Duration::from_secs(32767)).contains(&idle) {
+                return bad("keepalive idle time");
+            }
+        }
+        if let Some(t) = self.user_timeout {
+            if !(Duration::from_millis(1)..=Duration::from_millis(u64::from(u32::MAX))).contains(&t)
+            {
+                return bad("user timeout");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for SocketOptions {

@@ -57,6 +57,7 @@ impl Connector {
     /// Built without the `tls` feature, an `https://` proxy or TLS to the target is refused
     /// with [`InvalidInput::TlsUnavailable`].
     pub fn new(proxy: Proxy, config: Config) -> Result<Connector, Error> {
+        config.socket.check()?;
         #[cfg(not(feature = "tls"))]
         {
             if proxy.scheme() == ProxyScheme::Https || config.target_tls.is_some() {
@@ -120,9 +121,41 @@ impl Connector {
         request.user_agent = self.config.user_agent.as_deref();
         request.headers = &self.config.headers;
         log::info!("acquire addresses: proxy {}, target {target}", self.proxy);
-        #[cfg(feature = "tls")]
         let started = Instant::now();
-        let tunnel = self.connect_with(&mut ConnectHandshake::new(request))?;
+        let tunnel = self.through_proxy(&mut ConnectHandshake::new(request), started)?;
+        self.with_target_layer(tunnel, target, started)
+    }
+
+    /// Opens a plain TCP connection straight to `target`, without the proxy — for targets the
+    /// proxy must not be used for (the CLI's `NO_PROXY`) — with the same deadline, socket options
+    /// and TLS to the target as [`connect`](Self::connect).
+    pub fn connect_direct(&self, target: &Target) -> Result<Tunnel, Error> {
+        log::info!("acquire addresses: no proxy, target {target}");
+        let started = Instant::now();
+        let deadline = started + self.config.connect_timeout;
+        let addrs = transport::resolve(target.host(), target.port(), deadline)?;
+        let sock = transport::connect_tcp(&addrs, &self.config.socket, deadline)?;
+        let read_sock = sock.try_clone().map_err(|source| Error::Io {
+            phase: Phase::Write,
+            source,
+        })?;
+        let (rx, tx) = transport::plain_sides(sock, read_sock);
+        let tunnel = Tunnel {
+            reader: TunnelReader::proxy(rx, Box::new([]), 0, 0),
+            writer: TunnelWriter::proxy(tx),
+            handshake_time: started.elapsed(),
+        };
+        self.with_target_layer(tunnel, target, started)
+    }
+
+    /// Runs TLS to the target over `tunnel` when the configuration asks for it.
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    fn with_target_layer(
+        &self,
+        tunnel: Tunnel,
+        target: &Target,
+        started: Instant,
+    ) -> Result<Tunnel, Error> {
         #[cfg(feature = "tls")]
         if let Some(config) = &self.target_tls {
             let name = ServerName::try_from(target.host().to_owned()).map_err(|_| {
@@ -152,8 +185,26 @@ impl Connector {
     /// Opens a tunnel using any [`Handshake`]: the seam for ways through a proxy other than
     /// CONNECT. One deadline ([`Config::connect_timeout`]) bounds every phase up to the open
     /// tunnel, retries after authentication challenges included.
+    ///
+    /// TLS to the target needs the target's name, which only the handshake knows: a
+    /// configuration with [`Config::target_tls`] is refused here (use [`connect`](Self::connect)).
     pub fn connect_with(&self, handshake: &mut dyn Handshake) -> Result<Tunnel, Error> {
-        let started = Instant::now();
+        if self.config.target_tls.is_some() {
+            return Err(Error::invalid(
+                Phase::HandOff,
+                InvalidInput::Target,
+                "target TLS with connect_with (use connect)",
+            ));
+        }
+        self.through_proxy(handshake, Instant::now())
+    }
+
+    /// The phases up to the open tunnel, through the proxy, from `started`.
+    fn through_proxy(
+        &self,
+        handshake: &mut dyn Handshake,
+        started: Instant,
+    ) -> Result<Tunnel, Error> {
         let deadline = started + self.config.connect_timeout;
 
         // Acquire addresses.

@@ -49,7 +49,7 @@ Options:
                                tunnels finish for up to SECS (default 10), then exit
       --no-half-close          when the local side ends its sending direction, do not pass
                                the half-close on (for proxies that then drop the tunnel)
-  -v, --verbose                log phases to stderr (-vv for more); never a password
+  -v, --verbose                log phases to stderr (-vv for more); never a password or token
   -h, --help                   print this help
   -V, --version                print the version
 
@@ -66,7 +66,6 @@ struct Options {
     config: Config,
     insecure: bool,
     target_insecure: bool,
-    timeout: Duration,
     listen: Option<String>,
     drain: Duration,
     half_close: bool,
@@ -122,16 +121,17 @@ fn run() -> Result<(), Fail> {
     if opts.target_insecure {
         eprintln!("connect-tunnel: warning: --insecure: the target's certificate is NOT verified");
     }
-    let proxy = match opts.proxy {
-        Some(p) => Some(p),
+    let (proxy, direct) = match opts.proxy {
+        Some(p) => (p, false),
         None => proxy_from_env(&opts.target)?,
     };
-    let dial: Arc<Dial> = Arc::new(match proxy {
-        Some(proxy) => Dial::Proxy(Box::new(Connector::new(proxy, opts.config)?), opts.target),
-        None => {
-            log::info!("NO_PROXY matches {}: connecting directly", opts.target);
-            Dial::Direct(opts.target, opts.timeout)
-        }
+    if direct {
+        log::info!("NO_PROXY matches {}: connecting directly", opts.target);
+    }
+    let dial = Arc::new(Dial {
+        connector: Connector::new(proxy, opts.config)?,
+        target: opts.target,
+        direct,
     });
     match opts.listen {
         None => stdio_mode(&dial, opts.half_close),
@@ -215,7 +215,19 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
             "--drain-timeout" => drain = seconds(name, &value(name)?, true)?,
             "--no-half-close" => half_close = false,
             "-v" | "--verbose" => verbosity += 1,
-            "-vv" => verbosity += 2,
+            _ if name.len() > 2
+                && name.starts_with('-')
+                && name[1..].bytes().all(|b| b == b'v') =>
+            {
+                verbosity = verbosity.saturating_add((name.len() - 1) as u8)
+            }
+            "--" => {
+                let rest = it.by_ref();
+                match (rest.next(), rest.next()) {
+                    (Some(t), None) if target.is_none() => target = Some(t.clone()),
+                    _ => return Err(Fail::usage("after --, exactly one TARGET")),
+                }
+            }
             _ if name.starts_with('-') && name.len() > 1 => {
                 return Err(Fail::usage(format!("unknown option {name}")))
             }
@@ -268,15 +280,15 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
     if user_timeout.is_some() {
         config = config.user_timeout(user_timeout);
     }
-    let timeout = timeout.unwrap_or(Duration::from_secs(30));
-    config = config.connect_timeout(timeout);
+    if let Some(timeout) = timeout {
+        config = config.connect_timeout(timeout);
+    }
     Ok(Some(Options {
         target,
         proxy,
         config,
         insecure,
         target_insecure,
-        timeout,
         listen,
         drain,
         half_close,
@@ -293,8 +305,9 @@ fn seconds(name: &str, v: &str, zero_ok: bool) -> Result<Duration, Fail> {
         .ok_or_else(|| Fail::usage(format!("{name}: not a valid number of seconds: {v}")))
 }
 
-/// The proxy from the environment, as curl reads it; `None` when NO_PROXY matches the target.
-fn proxy_from_env(target: &Target) -> Result<Option<Proxy>, Fail> {
+/// The proxy from the environment, as curl reads it, and whether NO_PROXY says to bypass it
+/// for `target`.
+fn proxy_from_env(target: &Target) -> Result<(Proxy, bool), Fail> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let url = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
         .into_iter()
@@ -303,10 +316,10 @@ fn proxy_from_env(target: &Target) -> Result<Option<Proxy>, Fail> {
     let no_proxy = var("NO_PROXY")
         .or_else(|| var("no_proxy"))
         .unwrap_or_default();
-    if no_proxy_matches(&no_proxy, target.host()) {
-        return Ok(None);
-    }
-    Ok(Some(Proxy::parse(&url)?))
+    Ok((
+        Proxy::parse(&url)?,
+        no_proxy_matches(&no_proxy, target.host()),
+    ))
 }
 
 /// curl's NO_PROXY rules: `*` matches all; otherwise a comma-separated list of names (a
@@ -329,14 +342,23 @@ fn no_proxy_matches(list: &str, host: &str) -> bool {
         })
 }
 
-/// How to reach the target: through the proxy, or directly when NO_PROXY says so.
-enum Dial {
-    Proxy(Box<Connector>, Target),
-    Direct(Target, Duration),
+/// How to reach the target: through the proxy, or directly when NO_PROXY says so (with the
+/// same deadline, socket options and TLS to the target either way).
+struct Dial {
+    connector: Connector,
+    target: Target,
+    direct: bool,
 }
 
-/// Connection halves: something to read from and something to write to, with half-close.
-type Halves = (Box<dyn Read + Send>, Box<dyn HalfWrite + Send>);
+/// An open connection to the target, in halves, with a handle to tear it down.
+struct Halves {
+    reader: connect_tunnel::TunnelReader,
+    writer: connect_tunnel::TunnelWriter,
+    /// The socket under both halves: shutting it down ends both directions.
+    socket: TcpStream,
+    /// Whether TLS to the target runs inside: then only that layer's own end counts.
+    target_tls: bool,
+}
 
 /// A writer whose sending direction can be ended on its own.
 trait HalfWrite: Write {
@@ -363,41 +385,23 @@ impl HalfWrite for io::Stdout {
 
 impl Dial {
     fn open(&self) -> Result<Halves, Fail> {
-        match self {
-            Dial::Proxy(connector, target) => {
-                let (r, w) = connector.connect(target)?.split();
-                Ok((Box::new(r), Box::new(w)))
-            }
-            Dial::Direct(target, timeout) => {
-                let addrs =
-                    std::net::ToSocketAddrs::to_socket_addrs(&(target.host(), target.port()))
-                        .map_err(|e| Fail {
-                            code: 3,
-                            message: format!("cannot resolve {}: {e}", target.host()),
-                        })?;
-                let mut last = None;
-                for addr in addrs {
-                    match TcpStream::connect_timeout(&addr, *timeout) {
-                        Ok(s) => {
-                            let _ = s.set_nodelay(true);
-                            let r = s.try_clone().map_err(|e| Fail {
-                                code: 1,
-                                message: e.to_string(),
-                            })?;
-                            return Ok((Box::new(r), Box::new(s)));
-                        }
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(Fail {
-                    code: 3,
-                    message: format!(
-                        "cannot connect to {target}: {}",
-                        last.map_or("no address".into(), |e| e.to_string())
-                    ),
-                })
-            }
-        }
+        let tunnel = if self.direct {
+            self.connector.connect_direct(&self.target)?
+        } else {
+            self.connector.connect(&self.target)?
+        };
+        let socket = tunnel.get_ref().try_clone().map_err(|e| Fail {
+            code: 1,
+            message: format!("hand off: {e}"),
+        })?;
+        let target_tls = tunnel.is_target_tls();
+        let (reader, writer) = tunnel.split();
+        Ok(Halves {
+            reader,
+            writer,
+            socket,
+            target_tls,
+        })
     }
 }
 
@@ -425,26 +429,30 @@ fn pump(mut from: impl Read, to: &mut dyn HalfWrite, half_close: bool) -> io::Re
 
 /// stdin -> tunnel, tunnel -> stdout. Ends when the tunnel's receiving side ends.
 fn stdio_mode(dial: &Dial, half_close: bool) -> Result<(), Fail> {
-    let (tunnel_in, mut tunnel_out) = dial.open()?;
+    let Halves {
+        reader,
+        mut writer,
+        target_tls,
+        ..
+    } = dial.open()?;
     std::thread::spawn(move || {
         let stdin = io::stdin();
-        match pump(stdin.lock(), &mut *tunnel_out, half_close) {
+        match pump(stdin.lock(), &mut writer, half_close) {
             Ok(n) => log::debug!("exchange: stdin ended after {n} bytes"),
             Err(e) => log::warn!("exchange: sending: {e}"),
         }
         // Without half-close the writer is kept until the process ends.
         if !half_close {
-            std::mem::forget(tunnel_out);
+            std::mem::forget(writer);
         }
     });
     let mut stdout = io::stdout();
-    let result = pump(tunnel_in, &mut stdout, false);
-    match result {
+    match pump(reader, &mut stdout, false) {
         Ok(n) => {
             log::info!("close: tunnel ended after {n} bytes received");
             Ok(())
         }
-        Err(e) if ended_without_close_notify(&e) => Ok(()),
+        Err(e) if proxy_ended_tls_uncleanly(&e, target_tls) => Ok(()),
         Err(e) => Err(Fail {
             code: 1,
             message: format!("exchange: {e}"),
@@ -452,11 +460,13 @@ fn stdio_mode(dial: &Dial, half_close: bool) -> Result<(), Fail> {
     }
 }
 
-/// Whether the proxy ended its TLS connection without `close_notify`. Apache's TLS listener does
-/// so whenever the target closes, after every byte has arrived; the CLI takes it as the end of
-/// the tunnel (the library reports it, for callers who need to tell truncation apart).
-fn ended_without_close_notify(e: &io::Error) -> bool {
-    let yes = e.kind() == io::ErrorKind::UnexpectedEof;
+/// Whether the proxy ended its TLS connection without `close_notify`, which Apache's TLS
+/// listener does whenever the target closes, after every byte has arrived: the CLI takes that as
+/// the end of the tunnel. Not when TLS to the target runs inside: that layer's own
+/// `close_notify` is what proves the stream complete, and the proxy must not be able to cut it
+/// short unnoticed.
+fn proxy_ended_tls_uncleanly(e: &io::Error, target_tls: bool) -> bool {
+    let yes = !target_tls && e.kind() == io::ErrorKind::UnexpectedEof;
     if yes {
         log::warn!(
             "close: the proxy ended TLS without close_notify; taken as the end of the tunnel"
@@ -465,7 +475,6 @@ fn ended_without_close_notify(e: &io::Error) -> bool {
     yes
 }
 
-/// Accepts local connections and opens one tunnel for each.
 /// Live tunnels in forward mode at most; further local connections are closed at once.
 const MAX_TUNNELS: usize = 256;
 
@@ -568,20 +577,37 @@ fn watch_signals(
 
 fn forward_one(dial: &Dial, client: TcpStream, half_close: bool) -> Result<(), Fail> {
     let _ = client.set_nodelay(true);
-    let (tunnel_in, mut tunnel_out) = dial.open()?;
+    let Halves {
+        reader,
+        mut writer,
+        socket,
+        target_tls,
+    } = dial.open()?;
     let io_fail = |e: io::Error| Fail {
         code: 1,
         message: format!("exchange: {e}"),
     };
     let client_in = client.try_clone().map_err(io_fail)?;
-    let up = std::thread::spawn(move || pump(client_in, &mut *tunnel_out, half_close));
+    // Local side -> tunnel. If the local side fails (a reset), the tunnel is torn down so the
+    // other direction ends too instead of waiting on the target.
+    let up = std::thread::spawn(move || {
+        let sent = pump(client_in, &mut writer, half_close);
+        if sent.is_err() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        sent
+    });
     let mut client_out = client;
-    let down = match pump(tunnel_in, &mut client_out, true) {
-        Err(e) if ended_without_close_notify(&e) => {
+    let down = match pump(reader, &mut client_out, true) {
+        Err(e) if proxy_ended_tls_uncleanly(&e, target_tls) => {
             client_out.shutdown(Shutdown::Write).map(|()| 0)
         }
         other => other,
     };
+    if down.is_err() {
+        // The tunnel failed: end the local connection so the other direction stops reading.
+        let _ = client_out.shutdown(Shutdown::Both);
+    }
     let up = up
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("relay thread panicked")));
