@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::address::Credentials;
 use crate::request::Header;
-use crate::transport::{SocketOptions, TlsOptions, TrustAnchors};
+use crate::transport::{ClientCert, SocketOptions, TlsOptions, TrustAnchors};
 
 /// The default `User-Agent`: `connect-tunnel/<version>`.
 pub const DEFAULT_USER_AGENT: &str = concat!("connect-tunnel/", env!("CARGO_PKG_VERSION"));
@@ -74,7 +74,8 @@ impl Config {
         self
     }
 
-    /// Credentials for Basic proxy authentication; these win over credentials in the proxy URL.
+    /// Credentials for proxy authentication (Basic, and Digest when the proxy asks for it);
+    /// these win over credentials in the proxy URL.
     pub fn credentials(mut self, credentials: Option<Credentials>) -> Self {
         self.credentials = credentials;
         self
@@ -95,7 +96,23 @@ impl Config {
 
     /// Present this client certificate chain and key (PEM files) to the proxy: mutual TLS.
     pub fn proxy_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        self.tls.client_cert = Some((cert.into(), key.into()));
+        self.tls.client_cert = Some(ClientCert::Files {
+            cert: cert.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    /// Present this client certificate chain and key, PEM held in memory, to the proxy.
+    pub fn proxy_client_cert_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client_cert = Some(ClientCert::Pem {
+            cert: cert.into(),
+            key: key.into(),
+        });
         self
     }
 
@@ -115,40 +132,57 @@ impl Config {
         self
     }
 
-    fn target_tls_options(&mut self) -> &mut TlsOptions {
+    fn target_tls_mut(&mut self) -> &mut TlsOptions {
         self.target_tls.get_or_insert_with(TlsOptions::default)
     }
 
     /// Trust the CA certificates in this PEM file for the target's certificate. Turns
     /// [`target_tls`](Self::target_tls) on.
     pub fn target_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.target_tls_options().trust = TrustAnchors::PemFile(path.into());
+        self.target_tls_mut().trust = TrustAnchors::PemFile(path.into());
         self
     }
 
     /// Trust the CA certificates in this PEM text for the target's certificate. Turns
     /// [`target_tls`](Self::target_tls) on.
     pub fn target_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.target_tls_options().trust = TrustAnchors::Pem(pem.into());
+        self.target_tls_mut().trust = TrustAnchors::Pem(pem.into());
         self
     }
 
     /// Present this client certificate chain and key (PEM files) to the target. Turns
     /// [`target_tls`](Self::target_tls) on.
     pub fn target_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        self.target_tls_options().client_cert = Some((cert.into(), key.into()));
+        self.target_tls_mut().client_cert = Some(ClientCert::Files {
+            cert: cert.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    /// Present this client certificate chain and key, PEM held in memory, to the target. Turns
+    /// [`target_tls`](Self::target_tls) on.
+    pub fn target_client_cert_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.target_tls_mut().client_cert = Some(ClientCert::Pem {
+            cert: cert.into(),
+            key: key.into(),
+        });
         self
     }
 
     /// Verify the target's certificate and name (defaults to on). Off makes the end-to-end TLS
     /// open to interception. Turns [`target_tls`](Self::target_tls) on.
     pub fn target_verify(mut self, verify: bool) -> Self {
-        self.target_tls_options().verify = verify;
+        self.target_tls_mut().verify = verify;
         self
     }
 
     /// The TLS settings for the target, when TLS to the target is on.
-    pub fn target_tls_settings(&self) -> Option<&TlsOptions> {
+    pub fn target_tls_options(&self) -> Option<&TlsOptions> {
         self.target_tls.as_ref()
     }
 
@@ -191,8 +225,8 @@ impl Config {
         self
     }
 
-    /// The TLS settings in force.
-    pub fn tls_options(&self) -> &TlsOptions {
+    /// The TLS settings for the proxy (used when the proxy URL is `https://`).
+    pub fn proxy_tls_options(&self) -> &TlsOptions {
         &self.tls
     }
 

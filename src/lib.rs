@@ -61,7 +61,7 @@ pub use reply::{
 };
 pub use request::{encode_connect, ConnectRequest, Header, REQUEST_CAPACITY};
 pub use retry::{Backoff, Retry};
-pub use transport::{SocketOptions, TlsOptions, TrustAnchors, TLS_IO_CHUNK};
+pub use transport::{ClientCert, SocketOptions, TlsOptions, TrustAnchors, TLS_IO_CHUNK};
 pub use tunnel::{
     establish, Connector, Established, StreamHandler, Tunnel, TunnelReader, TunnelWriter,
 };

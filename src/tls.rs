@@ -16,7 +16,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::ClientConnection;
 
 use crate::error::{Error, InvalidInput, Phase};
-use crate::transport::{io_error, remaining, Sink, Source, TlsOptions, TrustAnchors, TLS_IO_CHUNK};
+use crate::transport::{
+    io_error, remaining, ClientCert, Sink, Source, TlsOptions, TrustAnchors, TLS_IO_CHUNK,
+};
 
 fn tls_material(what: &'static str) -> Error {
     Error::invalid(Phase::AcquireAddresses, InvalidInput::TlsMaterial, what)
@@ -49,16 +51,26 @@ pub(crate) fn client_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfi
     };
     let config = match &opts.client_cert {
         None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(|_| tls_material("client certificate file"))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| tls_material("client certificate file"))?;
+        Some(client) => {
+            let bad_cert = |_| tls_material("client certificate");
+            let (chain, key) = match client {
+                ClientCert::Files { cert, key } => (
+                    CertificateDer::pem_file_iter(cert)
+                        .map_err(bad_cert)?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(bad_cert)?,
+                    PrivateKeyDer::from_pem_file(key).map_err(|_| tls_material("client key"))?,
+                ),
+                ClientCert::Pem { cert, key } => (
+                    CertificateDer::pem_slice_iter(cert)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(bad_cert)?,
+                    PrivateKeyDer::from_pem_slice(key).map_err(|_| tls_material("client key"))?,
+                ),
+            };
             if chain.is_empty() {
-                return Err(tls_material("client certificate file"));
+                return Err(tls_material("client certificate (no certificate in it)"));
             }
-            let key =
-                PrivateKeyDer::from_pem_file(key).map_err(|_| tls_material("client key file"))?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|_| tls_material("client certificate and key"))?

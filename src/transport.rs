@@ -101,13 +101,48 @@ impl std::fmt::Debug for TrustAnchors {
     }
 }
 
-/// TLS settings for an `https://` proxy.
+/// A client certificate chain and its private key, PEM, for mutual TLS.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClientCert {
+    /// Read from these files when the connector is built.
+    Files {
+        /// The certificate chain, leaf first.
+        cert: PathBuf,
+        /// The private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// Held in memory (for example, read from the device's secure storage).
+    Pem {
+        /// The certificate chain, leaf first.
+        cert: Vec<u8>,
+        /// The private key (PKCS#8, PKCS#1 or SEC1).
+        key: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for ClientCert {
+    /// Never shows the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientCert::Files { cert, key } => f
+                .debug_struct("Files")
+                .field("cert", cert)
+                .field("key", key)
+                .finish(),
+            ClientCert::Pem { cert, .. } => {
+                write!(f, "Pem({} bytes of certificate, key hidden)", cert.len())
+            }
+        }
+    }
+}
+
+/// TLS settings for one TLS layer: to the proxy, or to the target inside the tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsOptions {
     /// Whom to trust. Defaults to [`TrustAnchors::WebPki`].
     pub trust: TrustAnchors,
-    /// A client certificate chain and its private key (PEM files) for mutual TLS.
-    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// A client certificate chain and its private key for mutual TLS.
+    pub client_cert: Option<ClientCert>,
     /// Verify the proxy's certificate and name. Defaults to `true`; turning it off makes the
     /// connection open to interception.
     pub verify: bool,

@@ -85,7 +85,7 @@ impl Connector {
                         "proxy host (as a TLS name)",
                     )
                 })?;
-                Some((tls::client_config(config.tls_options())?, name))
+                Some((tls::client_config(config.proxy_tls_options())?, name))
             }
         };
         let target_tls = match config.target_tls.as_ref() {
