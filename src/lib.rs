@@ -68,3 +68,8 @@ pub use tunnel::{
 
 /// Re-export of `httparse`, whose header type appears in [`Reply`].
 pub use httparse;
+
+/// The README's code examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
