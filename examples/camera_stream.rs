@@ -11,7 +11,9 @@
 //! ```
 //!
 //! and one summary is printed: handshake time, packets and bytes each way, lost and corrupted
-//! (both must be 0, or the exit code is 1), latency p50/p99/max.
+//! (both must be 0, or the exit code is 1), latency p50/p99/max, and what the camera's
+//! latency-bounded sender (`connect_tunnel::media::MediaSender`, RFC 4571 framing) dropped to
+//! keep the delay bounded (packets it drops on purpose are not counted as lost).
 //!
 //! Against a real deployment: `--proxy URL --target HOST:PORT` streams from here, and
 //! `--serve ADDR` runs only the media server (e.g. behind a real Squid). See `--help`.
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::media::{self, Clock, MediaReport, MediaServer, Receipt, SendStats};
 use common::reverse_proxy::{ProxyConfig, ReverseProxy, SessionRecord, User};
+use connect_tunnel::media::{SenderConfig, RECOMMENDED_SEND_BUFFER};
 use connect_tunnel::{Config, Connector, Error, Proxy, StreamHandler, Target, Tunnel};
 
 /// The public name the camera asks the proxy for.
@@ -54,6 +57,9 @@ OPTIONS:
     --duration SECS       Stream length [default: 5]
     --media FILE.wav      Audio from an 8/16-bit PCM WAV file (converted to 8 kHz mu-law)
                           instead of a 440 Hz tone
+    --max-delay MS        Bound on the sender's queueing delay: packets that would wait longer
+                          are dropped, video before audio and key frames (0: no bound)
+                          [default: 200]
 
   Camera against a real deployment:
     --proxy URL           Proxy URL, e.g. https://camera:secret@proxy.example.com:3129
@@ -96,11 +102,24 @@ struct Args {
     mode: Mode,
     duration: Duration,
     media: Option<PathBuf>,
+    /// The sender's bound on queueing delay; `None`: no bound.
+    max_delay: Option<Duration>,
+}
+
+impl Args {
+    /// How the camera sends: the example's default, with the bound asked for.
+    fn sender_config(&self) -> SenderConfig {
+        SenderConfig {
+            max_delay: self.max_delay,
+            ..media::default_sender_config()
+        }
+    }
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut duration = DEFAULT_DURATION;
     let mut media = None;
+    let mut max_delay = media::default_sender_config().max_delay;
     let mut proxy = None;
     let mut target = None;
     let mut cacert = None;
@@ -120,6 +139,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 duration = Duration::from_secs_f64(secs);
             }
             "--media" => media = Some(PathBuf::from(value("--media")?)),
+            "--max-delay" => {
+                let text = value("--max-delay")?;
+                let ms: u64 = text.parse().ok().filter(|ms| *ms <= 60_000).ok_or(format!(
+                    "--max-delay {text}: expected milliseconds, 0 to 60000"
+                ))?;
+                max_delay = (ms > 0).then(|| Duration::from_millis(ms));
+            }
             "--proxy" => proxy = Some(value("--proxy")?),
             "--target" => target = Some(value("--target")?),
             "--proxy-cacert" => cacert = Some(PathBuf::from(value("--proxy-cacert")?)),
@@ -150,6 +176,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
         mode,
         duration,
         media,
+        max_delay,
     }))
 }
 
@@ -196,6 +223,7 @@ struct Camera<'a> {
     duration: Duration,
     wav: Option<&'a Path>,
     clock: Clock,
+    sender: SenderConfig,
     handshake: Duration,
     tls: bool,
     sent: Option<SendStats>,
@@ -209,7 +237,7 @@ impl StreamHandler for Camera<'_> {
         self.handshake = tunnel.handshake_time();
         self.tls = tunnel.is_tls();
         log::info!("camera: tunnel open after {:?}", self.handshake);
-        let sent = media::send_stream(tunnel, self.duration, self.wav, self.clock)?;
+        let sent = media::send_stream(tunnel, self.duration, self.wav, self.clock, self.sender)?;
         self.sent = Some(sent);
         // One deadline for the receipt and the server's EOF, however the bytes trickle in.
         let deadline = Instant::now() + RECEIPT_TIMEOUT;
@@ -253,11 +281,12 @@ impl Read for DeadlineReader<'_> {
 }
 
 impl<'a> Camera<'a> {
-    fn new(duration: Duration, wav: Option<&'a Path>, clock: Clock) -> Self {
+    fn new(duration: Duration, wav: Option<&'a Path>, clock: Clock, sender: SenderConfig) -> Self {
         Camera {
             duration,
             wav,
             clock,
+            sender,
             handshake: Duration::ZERO,
             tls: false,
             sent: None,
@@ -299,7 +328,8 @@ fn run_demo(args: &Args) -> Result<bool, String> {
     let proxy_url = format!("https://localhost:{}", proxy.local_addr().port());
     let config = Config::default()
         .proxy_ca_pem(proxy.ca_pem().as_bytes().to_vec())
-        .connect_timeout(CONNECT_TIMEOUT);
+        .connect_timeout(CONNECT_TIMEOUT)
+        .send_buffer_size(Some(RECOMMENDED_SEND_BUFFER));
     let connector = |user: &str, password: &str| -> Result<Connector, Error> {
         let url = format!(
             "https://{user}:{password}@localhost:{}",
@@ -314,7 +344,12 @@ fn run_demo(args: &Args) -> Result<bool, String> {
     let serving = server.spawn(clock);
     let camera_connector = connector("camera", "secret").map_err(|e| e.to_string())?;
     let target = Target::parse(PUBLIC_NAME).map_err(|e| e.to_string())?;
-    let mut camera = Camera::new(args.duration, args.media.as_deref(), clock);
+    let mut camera = Camera::new(
+        args.duration,
+        args.media.as_deref(),
+        clock,
+        args.sender_config(),
+    );
     let run = camera_connector.run(&target, &mut camera);
 
     let report = serving
@@ -368,7 +403,10 @@ fn run_camera(
 ) -> Result<bool, String> {
     let parsed = Proxy::parse(proxy).map_err(|e| format!("--proxy: {e}"))?;
     let target_parsed = Target::parse(target).map_err(|e| format!("--target: {e}"))?;
-    let mut config = Config::default().connect_timeout(CONNECT_TIMEOUT);
+    // A small kernel send buffer, so that the sender's delay bound holds (connect_tunnel::media).
+    let mut config = Config::default()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .send_buffer_size(Some(RECOMMENDED_SEND_BUFFER));
     if let Some(path) = cacert {
         config = config.proxy_ca_file(path);
     }
@@ -377,7 +415,12 @@ fn run_camera(
         config = config.proxy_verify(false);
     }
     let connector = Connector::new(parsed, config).map_err(|e| e.to_string())?;
-    let mut camera = Camera::new(args.duration, args.media.as_deref(), Clock::Unix);
+    let mut camera = Camera::new(
+        args.duration,
+        args.media.as_deref(),
+        Clock::Unix,
+        args.sender_config(),
+    );
     connector
         .run(&target_parsed, &mut camera)
         .map_err(|e| format!("camera: {e}"))?;
@@ -438,6 +481,23 @@ fn print_checks(report: &MediaReport) {
     );
 }
 
+/// Prints what the latency-bounded sender dropped (next to the latency figures) and its
+/// longest queueing delay.
+fn print_drops(camera: &Camera<'_>, sent: &SendStats) {
+    let s = &sent.sender;
+    let bound = match camera.sender.max_delay {
+        Some(d) => format!("{} ms bound, {:?}", d.as_millis(), camera.sender.policy),
+        None => "no bound".to_string(),
+    };
+    println!(
+        "dropped          {} key + {} non-key packets ({} bytes) by the sender ({bound}); queueing max {}",
+        s.dropped_key.packets,
+        s.dropped_non_key.packets,
+        s.dropped().bytes,
+        ms(s.max_queue_delay.as_nanos() as u64)
+    );
+}
+
 /// Prints the one summary and returns whether the run passed.
 fn print_summary(
     camera: &Camera<'_>,
@@ -460,14 +520,17 @@ fn print_summary(
         if camera.tls { " + TLS" } else { "" }
     );
     println!(
-        "sent             {} packets ({} audio, {} video in {} frames), {} bytes RTP, {} on the wire with framing and BYE",
+        "sent             {} packets ({} audio, {} video in {} frames), {} bytes RTP; {} packets, {} bytes written, {} on the wire with framing and BYE",
         sent.packets,
         sent.audio_packets,
         sent.video_packets,
         sent.video_frames,
         sent.bytes,
+        sent.written_packets(),
+        sent.written_bytes(),
         sent.wire_bytes
     );
+    let dropped = sent.dropped_packets();
     let mut ok = true;
     match report {
         Some(report) => {
@@ -476,7 +539,14 @@ fn print_summary(
                 report.packets, report.bytes
             );
             print_checks(report);
-            ok &= report.is_clean() && report.packets == sent.packets && report.bytes == sent.bytes;
+            print_drops(camera, sent);
+            // What the sender dropped on purpose shows as sequence gaps; nothing else may.
+            ok &= report.corrupted == 0
+                && report.out_of_order == 0
+                && report.duplicated == 0
+                && report.lost <= dropped
+                && report.packets == sent.written_packets()
+                && report.bytes == sent.written_bytes();
             ok &= report.bye;
         }
         None => match &camera.receipt {
@@ -493,15 +563,16 @@ fn print_summary(
                     "latency          p50 {} us   p99 {} us   max {} us   (server's view; needs synced clocks)",
                     r.p50_us, r.p99_us, r.max_us
                 );
+                print_drops(camera, sent);
             }
             None => println!("received         unknown: no receipt from the media server"),
         },
     }
     match &camera.receipt {
         Some(r) => {
-            let matches = r.packets == sent.packets
-                && r.bytes == sent.bytes
-                && r.lost == 0
+            let matches = r.packets == sent.written_packets()
+                && r.bytes == sent.written_bytes()
+                && r.lost <= dropped
                 && r.corrupted == 0;
             println!(
                 "receipt          {}",
@@ -562,6 +633,14 @@ mod tests {
         let demo = parse(&["--duration", "1.5"]).unwrap().unwrap();
         assert!(matches!(demo.mode, Mode::Demo));
         assert_eq!(demo.duration, Duration::from_millis(1500));
+        assert_eq!(demo.max_delay, Some(Duration::from_millis(200)));
+        let unbounded = parse(&["--max-delay", "0"]).unwrap().unwrap();
+        assert_eq!(unbounded.max_delay, None);
+        assert_eq!(unbounded.sender_config().max_delay, None);
+        let bounded = parse(&["--max-delay", "350"]).unwrap().unwrap();
+        assert_eq!(bounded.max_delay, Some(Duration::from_millis(350)));
+        assert!(parse(&["--max-delay", "-1"]).is_err());
+        assert!(parse(&["--max-delay", "1.5"]).is_err());
         let camera = parse(&[
             "--proxy",
             "http://p:3128",
@@ -590,6 +669,7 @@ mod tests {
             mode: Mode::Demo,
             duration: Duration::from_millis(500),
             media: None,
+            max_delay: Some(Duration::from_millis(200)),
         };
         assert_eq!(run_demo(&args), Ok(true));
     }

@@ -42,6 +42,7 @@ mod config;
 mod error;
 mod handshake;
 mod md5;
+pub mod media;
 mod reply;
 mod request;
 mod retry;

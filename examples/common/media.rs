@@ -18,15 +18,18 @@
 //!
 //! # Framing
 //!
-//! RFC 4571: each packet is preceded by its length as a 16-bit big-endian number. [`write_frame`]
-//! sends prefix and packet with one `write_all`; [`FrameReader`] splits a byte stream back into
-//! packets from one fixed buffer, whether a read returns part of a packet or many packets.
+//! RFC 4571 (each packet preceded by its length as a 16-bit big-endian number) comes from the
+//! library, `connect_tunnel::media`: the camera sends through a latency-bounded
+//! [`MediaSender`], which writes each frame with one `write_all`; the server reads with a
+//! [`PacketReader`], which splits the byte stream back into packets from one fixed buffer.
 //!
 //! # Source and server
 //!
 //! [`send_stream`] paces a camera's output by the wall clock: a 20 ms G.711 µ-law audio packet
 //! (160 bytes, payload type 0) every 20 ms, and a video frame (a few KB of test pattern, split
 //! into packets of at most [`MAX_SOURCE_PACKET`] bytes, marker bit on the last) every 40 ms.
+//! Audio and the packets of each second's video key frame are sent as key packets: with
+//! [`DropPolicy::NonKeyFirst`] a slow link costs video first.
 //! [`MediaServer`] accepts one connection, reads packets until EOF, checks sequence numbers per
 //! SSRC (lost, out of order, duplicated) and checksums, measures latency, answers with a one-line
 //! receipt and returns a [`MediaReport`].
@@ -38,6 +41,10 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use connect_tunnel::media::{
+    encode_frame, DropPolicy, MediaSender, PacketReader, SendError, SenderConfig, SenderStats,
+};
+
 /// Length of the fixed RTP header the source sends.
 pub const RTP_HEADER_LEN: usize = 12;
 /// Length of the send timestamp at the start of each payload.
@@ -48,10 +55,6 @@ pub const CHECKSUM_LEN: usize = 4;
 pub const PACKET_OVERHEAD: usize = RTP_HEADER_LEN + SEND_TIME_LEN + CHECKSUM_LEN;
 /// Largest packet the source builds (video frames are split to fit).
 pub const MAX_SOURCE_PACKET: usize = 1200;
-/// Largest packet RFC 4571 framing can carry (its length field is 16 bits).
-pub const MAX_FRAMED_PACKET: usize = u16::MAX as usize;
-/// Size of [`FrameReader`]'s buffer: one largest frame plus read-ahead.
-pub const FRAME_READER_CAPACITY: usize = 2 + MAX_FRAMED_PACKET + 16 * 1024;
 
 /// RTP payload type of G.711 µ-law audio (RFC 3551).
 pub const PT_PCMU: u8 = 0;
@@ -318,100 +321,6 @@ pub fn is_rtcp_bye(packet: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// RFC 4571 framing
-// ---------------------------------------------------------------------------------------------
-
-/// Copies `packet` into `out` behind its 2-byte big-endian length. Returns the frame length.
-pub fn encode_frame(packet: &[u8], out: &mut [u8]) -> io::Result<usize> {
-    let len = u16::try_from(packet.len()).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "packet longer than RFC 4571 allows",
-        )
-    })?;
-    let frame = out
-        .get_mut(..2 + packet.len())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame buffer too small"))?;
-    frame[..2].copy_from_slice(&len.to_be_bytes());
-    frame[2..].copy_from_slice(packet);
-    Ok(frame.len())
-}
-
-/// Writes one framed packet (at most [`MAX_SOURCE_PACKET`] bytes) with a single `write_all`, so
-/// a frame is never interleaved with another writer's bytes at the syscall level.
-pub fn write_frame(writer: &mut impl Write, packet: &[u8]) -> io::Result<()> {
-    let mut frame = [0u8; 2 + MAX_SOURCE_PACKET];
-    let len = encode_frame(packet, &mut frame)?;
-    writer.write_all(&frame[..len])
-}
-
-/// Splits an RFC 4571 byte stream back into packets, from one fixed buffer.
-pub struct FrameReader<R> {
-    inner: R,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-}
-
-impl<R: Read> FrameReader<R> {
-    /// A reader with a [`FRAME_READER_CAPACITY`] buffer, allocated once.
-    pub fn new(inner: R) -> Self {
-        FrameReader {
-            inner,
-            buf: vec![0u8; FRAME_READER_CAPACITY].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
-    }
-
-    /// The next packet; `None` at a clean end of stream (EOF between frames). EOF inside a
-    /// frame is `UnexpectedEof`.
-    pub fn read_frame(&mut self) -> io::Result<Option<&[u8]>> {
-        loop {
-            let available = self.end - self.start;
-            if available >= 2 {
-                let len = usize::from(u16::from_be_bytes([
-                    self.buf[self.start],
-                    self.buf[self.start + 1],
-                ]));
-                if available >= 2 + len {
-                    let packet = self.start + 2..self.start + 2 + len;
-                    self.start = packet.end;
-                    return Ok(Some(&self.buf[packet]));
-                }
-            }
-            // Need more bytes: move the partial frame to the front so a whole frame fits.
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            let n = match self.inner.read(&mut self.buf[self.end..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
-                return if self.end == 0 {
-                    Ok(None)
-                } else {
-                    Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("stream ended inside a frame ({} bytes pending)", self.end),
-                    ))
-                };
-            }
-            self.end += n;
-        }
-    }
-
-    /// The underlying reader.
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Receiving: sequence checks and the report
 // ---------------------------------------------------------------------------------------------
 
@@ -618,11 +527,11 @@ pub const MAX_STREAMS: usize = 16;
 
 /// Reads framed test packets until an RTCP BYE or EOF, and checks each one.
 pub fn receive_stream(reader: impl Read, clock: Clock) -> io::Result<MediaReport> {
-    let mut frames = FrameReader::new(reader);
+    let mut frames = PacketReader::new(reader);
     let mut report = MediaReport::default();
     let mut streams: Vec<SequenceState> = Vec::with_capacity(MAX_STREAMS);
     let mut first_arrival: Option<Instant> = None;
-    while let Some(packet) = frames.read_frame()? {
+    while let Some(packet) = frames.read_packet()? {
         let now_ns = clock.now_ns();
         first_arrival.get_or_insert_with(Instant::now);
         if is_rtcp_bye(packet) {
@@ -801,22 +710,53 @@ pub fn read_receipt(reader: &mut impl Read) -> io::Result<Option<Receipt>> {
 /// What [`send_stream`] sent.
 #[derive(Clone, Debug, Default)]
 pub struct SendStats {
-    /// Packets sent.
+    /// Packets the camera produced and handed to the sender.
     pub packets: u64,
     /// Of which audio.
     pub audio_packets: u64,
     /// Of which video.
     pub video_packets: u64,
-    /// Video frames sent.
+    /// Video frames produced.
     pub video_frames: u64,
-    /// RTP bytes sent (without the framing).
+    /// RTP bytes produced (without the framing).
     pub bytes: u64,
-    /// Every byte written to the stream: the framed packets and the framed RTCP BYE.
+    /// What the latency-bounded sender did with them: written, dropped (key and non-key),
+    /// longest queueing delay.
+    pub sender: SenderStats,
+    /// Every byte written to the stream: the framed packets written and the framed RTCP BYE.
     pub wire_bytes: u64,
     /// From the first packet to the last.
     pub elapsed: Duration,
-    /// The furthest behind its schedule a packet was written (a slow link or writer).
+    /// The furthest behind its schedule a packet was produced (a busy machine; the sender
+    /// never makes the camera wait).
     pub max_lateness: Duration,
+}
+
+impl SendStats {
+    /// Packets written whole to the stream.
+    pub fn written_packets(&self) -> u64 {
+        self.sender.written.packets
+    }
+
+    /// RTP bytes written (without the framing).
+    pub fn written_bytes(&self) -> u64 {
+        self.sender.written.bytes
+    }
+
+    /// Packets the sender dropped to keep within its delay bound.
+    pub fn dropped_packets(&self) -> u64 {
+        self.sender.dropped().packets
+    }
+}
+
+/// How the camera sends by default: a 200 ms bound on queueing delay, video dropped before
+/// audio and key frames, and the kernel send buffer the library recommends (see
+/// `connect_tunnel::media`).
+pub fn default_sender_config() -> SenderConfig {
+    SenderConfig {
+        policy: DropPolicy::NonKeyFirst,
+        ..SenderConfig::default()
+    }
 }
 
 /// A camera: audio from a WAV file or a test tone, and a generated test-pattern video.
@@ -831,8 +771,9 @@ pub struct MediaSource {
     packet: [u8; MAX_SOURCE_PACKET],
 }
 
-/// Called with each built packet.
-pub type PacketSink<'a> = dyn FnMut(&[u8], &RtpHeader) -> io::Result<()> + 'a;
+/// Called with each built packet, its header, and whether it is a key packet (audio, or part
+/// of a video key frame).
+pub type PacketSink<'a> = dyn FnMut(&[u8], &RtpHeader, bool) -> io::Result<()> + 'a;
 
 impl MediaSource {
     /// A source whose audio comes from `wav` (any 8- or 16-bit PCM WAV, converted to 8 kHz
@@ -899,7 +840,7 @@ impl MediaSource {
             .wrapping_add(AUDIO_SAMPLES_PER_PACKET as u32);
         let len = build_packet(&header, self.clock.now_ns(), &media, &mut self.packet)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        sink(&self.packet[..len], &header)
+        sink(&self.packet[..len], &header, true)
     }
 
     /// Builds the next video frame's packets and passes each to `sink`; returns how many.
@@ -932,16 +873,21 @@ impl MediaSource {
                 &mut self.packet,
             )
             .map_err(|e| io::Error::other(e.to_string()))?;
-            sink(&self.packet[..len], &header)?;
+            sink(&self.packet[..len], &header, is_key_frame(frame))?;
             packets += 1;
         }
         Ok(packets)
     }
 }
 
+/// Whether video frame number `frame` is a key frame: one each second.
+pub fn is_key_frame(frame: u32) -> bool {
+    frame % VIDEO_FPS == 0
+}
+
 /// Frame sizes like a real encoder's: a large key frame each second, smaller frames between.
 fn video_frame_size(frame: u32) -> usize {
-    if frame % VIDEO_FPS == 0 {
+    if is_key_frame(frame) {
         12_000
     } else {
         2_000 + (frame as usize * 7919) % 3_000
@@ -956,56 +902,74 @@ fn test_pattern(frame: u32, index: usize) -> u8 {
 }
 
 /// Streams media to `writer` in real time for `duration`: audio every 20 ms, a video frame
-/// every 40 ms, each packet framed per RFC 4571 and written with one `write_all`; then an RTCP
-/// BYE (counted only in `wire_bytes`). Read the receipt with [`read_receipt`] afterwards.
-pub fn send_stream(
-    writer: &mut impl Write,
+/// every 40 ms, through a latency-bounded [`MediaSender`] configured by `config` (its writer
+/// thread writes each packet framed per RFC 4571 with one `write_all`; packets that would wait
+/// too long are dropped whole); then an RTCP BYE (counted only in `wire_bytes`). The camera is
+/// never held up by the link. Read the receipt with [`read_receipt`] afterwards.
+pub fn send_stream<W: Write + Send>(
+    writer: &mut W,
     duration: Duration,
     wav: Option<&Path>,
     clock: Clock,
+    config: SenderConfig,
 ) -> io::Result<SendStats> {
     let mut source = MediaSource::new(wav, clock)?;
     let ticks = (duration.as_micros() / AUDIO_PACKET_INTERVAL.as_micros()).max(1) as u32;
     let ticks_per_frame = 1000 / VIDEO_FPS / AUDIO_PACKET_INTERVAL.as_millis() as u32; // 2
     let mut stats = SendStats::default();
     let started = Instant::now();
-    let mut sink = |packet: &[u8], _header: &RtpHeader| -> io::Result<()> {
-        write_frame(writer, packet)?;
-        stats.packets += 1;
-        stats.bytes += packet.len() as u64;
-        stats.wire_bytes += 2 + packet.len() as u64;
-        Ok(())
-    };
-    let mut audio_packets = 0;
-    let mut video_packets = 0;
-    let mut video_frames = 0;
-    let mut max_lateness = Duration::ZERO;
-    for tick in 0..ticks {
-        let due = started + AUDIO_PACKET_INTERVAL * tick;
-        let now = Instant::now();
-        if due > now {
-            thread::sleep(due - now);
-        } else {
-            max_lateness = max_lateness.max(now - due);
+    let finished = thread::scope(|scope| -> io::Result<_> {
+        let sender = MediaSender::spawn_scoped(scope, &mut *writer, config)?;
+        let (mut packets, mut bytes) = (0, 0);
+        let mut sink = |packet: &[u8], _header: &RtpHeader, key: bool| -> io::Result<()> {
+            sender.send(packet, key).map_err(|e| match e {
+                SendError::Stopped => io::Error::new(io::ErrorKind::BrokenPipe, e),
+                other => io::Error::other(other),
+            })?;
+            packets += 1;
+            bytes += packet.len() as u64;
+            Ok(())
+        };
+        let mut produce = || -> io::Result<()> {
+            for tick in 0..ticks {
+                let due = started + AUDIO_PACKET_INTERVAL * tick;
+                let now = Instant::now();
+                if due > now {
+                    thread::sleep(due - now);
+                } else {
+                    stats.max_lateness = stats.max_lateness.max(now - due);
+                }
+                source.next_audio(&mut sink)?;
+                stats.audio_packets += 1;
+                if tick % ticks_per_frame == 0 {
+                    stats.video_packets += source.next_video_frame(&mut sink)?;
+                    stats.video_frames += 1;
+                }
+            }
+            Ok(())
+        };
+        let produced = produce();
+        (stats.packets, stats.bytes) = (packets, bytes);
+        // Write what is left (within the bound) before reporting; a write error explains a
+        // stopped sender better than the send that found it stopped.
+        let finished = sender.finish();
+        match (finished.error, produced) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(finished.stats),
         }
-        source.next_audio(&mut sink)?;
-        audio_packets += 1;
-        if tick % ticks_per_frame == 0 {
-            video_packets += source.next_video_frame(&mut sink)?;
-            video_frames += 1;
-        }
-    }
+    })?;
+    stats.sender = finished;
+    stats.wire_bytes = stats.written_bytes() + 2 * stats.written_packets();
     let mut bye = [0u8; 12];
     let bye_len = build_bye(&[AUDIO_SSRC, VIDEO_SSRC], &mut bye)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    write_frame(writer, &bye[..bye_len])?;
-    stats.wire_bytes += 2 + bye_len as u64;
+    let mut frame = [0u8; 2 + 12];
+    let frame_len = encode_frame(&bye[..bye_len], &mut frame).map_err(io::Error::other)?;
+    writer.write_all(&frame[..frame_len])?;
+    stats.wire_bytes += frame_len as u64;
     writer.flush()?;
-    stats.audio_packets = audio_packets;
-    stats.video_packets = video_packets;
-    stats.video_frames = video_frames;
     stats.elapsed = started.elapsed();
-    stats.max_lateness = max_lateness;
     Ok(stats)
 }
 
@@ -1278,58 +1242,29 @@ mod tests {
         }
     }
 
+    /// The server reads with the library's RFC 4571 reader: one byte per read, a null packet
+    /// in the middle, and the BYE at the end.
     #[test]
-    fn frame_exact_bytes() {
-        let mut out = [0u8; 8];
-        assert_eq!(encode_frame(b"abc", &mut out).unwrap(), 5);
-        assert_eq!(&out[..5], &[0x00, 0x03, b'a', b'b', b'c']);
-        let mut written = Vec::new();
-        write_frame(&mut written, &[7u8; 300]).unwrap();
-        assert_eq!(&written[..2], &[0x01, 0x2C]);
-        assert_eq!(written.len(), 302);
-        assert!(encode_frame(&[0u8; 70_000], &mut [0u8; 80_000]).is_err());
-        assert!(encode_frame(b"abc", &mut [0u8; 4]).is_err());
-    }
-
-    #[test]
-    fn frames_split_across_reads() {
-        // 0x0005 "hello" 0x0000 0x0003 "abc", delivered one byte per read.
-        let stream = b"\x00\x05hello\x00\x00\x00\x03abc";
-        let chunks = stream.iter().map(|&b| vec![b]).collect();
-        let mut reader = FrameReader::new(Chunked { chunks, next: 0 });
-        assert_eq!(reader.read_frame().unwrap(), Some(&b"hello"[..]));
-        assert_eq!(reader.read_frame().unwrap(), Some(&b""[..]));
-        assert_eq!(reader.read_frame().unwrap(), Some(&b"abc"[..]));
-        assert_eq!(reader.read_frame().unwrap(), None);
-    }
-
-    #[test]
-    fn many_frames_in_one_read_and_a_largest_frame() {
-        let mut stream = Vec::new();
-        for i in 0..1000u16 {
-            stream.extend_from_slice(&2u16.to_be_bytes());
-            stream.extend_from_slice(&i.to_be_bytes());
+    fn receiver_reads_frames_split_one_byte_per_read() {
+        let clock = Clock::Shared(Instant::now());
+        let mut wire = connect_tunnel::media::PacketWriter::new(Vec::new());
+        let mut packet = [0u8; 64];
+        for sequence in [7u16, 8] {
+            let header = RtpHeader {
+                sequence,
+                ..sample_header()
+            };
+            let len = build_packet(&header, clock.now_ns(), b"media", &mut packet).unwrap();
+            wire.write_packet(&packet[..len]).unwrap();
+            wire.write_packet(b"").unwrap(); // RFC 4571's null packet: skipped
         }
-        stream.extend_from_slice(&u16::MAX.to_be_bytes());
-        stream.extend((0..MAX_FRAMED_PACKET).map(|i| i as u8));
-        let mut reader = FrameReader::new(Chunked {
-            chunks: vec![stream],
-            next: 0,
-        });
-        for i in 0..1000u16 {
-            assert_eq!(reader.read_frame().unwrap(), Some(&i.to_be_bytes()[..]));
-        }
-        let big = reader.read_frame().unwrap().unwrap();
-        assert_eq!(big.len(), MAX_FRAMED_PACKET);
-        assert!(big.iter().enumerate().all(|(i, &b)| b == i as u8));
-        assert_eq!(reader.read_frame().unwrap(), None);
-    }
-
-    #[test]
-    fn eof_inside_a_frame_is_an_error() {
-        let mut reader = FrameReader::new(&b"\x00\x05hel"[..]);
-        let err = reader.read_frame().unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let len = build_bye(&[sample_header().ssrc], &mut packet).unwrap();
+        wire.write_packet(&packet[..len]).unwrap();
+        let chunks = wire.into_inner().iter().map(|&b| vec![b]).collect();
+        let report = receive_stream(Chunked { chunks, next: 0 }, clock).unwrap();
+        assert_eq!(report.packets, 2);
+        assert!(report.bye);
+        assert!(report.is_clean(), "{report:?}");
     }
 
     /// A hand-built 16-bit stereo WAV with a LIST chunk before the data and an odd-sized chunk.
@@ -1427,13 +1362,15 @@ mod tests {
     fn source_to_receiver_in_memory() {
         let clock = Clock::Shared(Instant::now());
         let mut source = MediaSource::new(None, clock).unwrap();
-        let mut wire = Vec::new();
+        let mut wire = connect_tunnel::media::PacketWriter::new(Vec::new());
         let mut sent = 0u64;
-        let mut sink = |packet: &[u8], header: &RtpHeader| {
+        let mut keys = 0u64;
+        let mut sink = |packet: &[u8], header: &RtpHeader, key: bool| {
             assert!(packet.len() <= MAX_SOURCE_PACKET);
             assert_eq!(header.payload_type == PT_PCMU, header.ssrc == AUDIO_SSRC);
             sent += 1;
-            write_frame(&mut wire, packet)
+            keys += u64::from(key);
+            wire.write_packet(packet)
         };
         let mut frames = 0;
         for tick in 0..300 {
@@ -1443,12 +1380,16 @@ mod tests {
                 frames += 1;
             }
         }
-        // Corrupt one packet's media byte in the middle of the wire image.
+        // Audio (300 packets) and the packets of the key frames (every 25th frame, 12 000
+        // bytes: 11 packets each) are key.
+        assert_eq!(keys, 300 + 6 * 11);
+        let wire = wire.into_inner();
         let report = receive_stream(&wire[..], clock).unwrap();
         assert_eq!(report.packets, sent);
         assert_eq!(report.frames_marked, frames);
         assert_eq!(report.streams, 2);
         assert!(report.is_clean(), "{report:?}");
+        // Corrupt one packet's media byte in the middle of the wire image.
         let middle = wire.len() / 2;
         let mut damaged = wire.clone();
         damaged[middle] ^= 0x10;
@@ -1476,8 +1417,16 @@ mod tests {
         let serving = server.spawn(clock);
         let mut stream = TcpStream::connect(addr).unwrap();
         let started = Instant::now();
-        let sent = send_stream(&mut stream, Duration::from_millis(300), None, clock).unwrap();
+        // No bound here: this is about the exchange, and a loaded machine must not drop.
+        let config = SenderConfig {
+            max_delay: None,
+            ..default_sender_config()
+        };
+        let sent =
+            send_stream(&mut stream, Duration::from_millis(300), None, clock, config).unwrap();
         assert!(started.elapsed() >= Duration::from_millis(280));
+        assert_eq!(sent.written_packets(), sent.packets);
+        assert_eq!(sent.wire_bytes, sent.bytes + 2 * sent.packets + 2 + 12);
         assert_eq!(sent.audio_packets, 15);
         assert_eq!(sent.video_frames, 8);
         let receipt = read_receipt(&mut stream).unwrap().unwrap();
