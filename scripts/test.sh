@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 echo "== installing test peers (squid-openssl, openssh-server, ...)"
 bash scripts/install-test-deps.sh
+bash scripts/install-media-deps.sh
 
 echo "== format and lints"
 cargo fmt --check
