@@ -26,6 +26,14 @@ impl Challenge<'_> {
     }
 }
 
+/// Blanks between the parts of a challenge; CR and LF appear only as an obs-fold (RFC 9112
+/// section 5.2), which a client reads as a space.
+const BLANKS: [char; 4] = [' ', '\t', '\r', '\n'];
+
+/// Longest realm, nonce or opaque a Digest answer echoes. Longer ones make the challenge
+/// unusable rather than the request too large for its buffer.
+const MAX_DIGEST_PARAM: usize = 512;
+
 fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
@@ -56,11 +64,11 @@ fn split_outside_quotes(s: &str) -> impl Iterator<Item = &str> {
 /// Parses `name = token` or `name = "quoted"`; `None` when the item is not a parameter.
 fn parse_param(item: &str) -> Option<(&str, String)> {
     let (name, value) = item.split_once('=')?;
-    let name = name.trim_matches([' ', '\t']);
+    let name = name.trim_matches(BLANKS);
     if name.is_empty() || !name.chars().all(is_token_char) {
         return None;
     }
-    let value = value.trim_matches([' ', '\t']);
+    let value = value.trim_matches(BLANKS);
     let value = match value.strip_prefix('"') {
         Some(quoted) => {
             let mut out = String::with_capacity(quoted.len());
@@ -69,6 +77,14 @@ fn parse_param(item: &str) -> Option<(&str, String)> {
                 match c {
                     '\\' => out.push(chars.next()?),
                     '"' => break,
+                    // An obs-fold inside the quotes: one space for the fold and its blanks.
+                    '\r' | '\n' => {
+                        out.truncate(out.trim_end_matches([' ', '\t']).len());
+                        out.push(' ');
+                        while chars.clone().next().is_some_and(|c| BLANKS.contains(&c)) {
+                            chars.next();
+                        }
+                    }
                     c => out.push(c),
                 }
             }
@@ -83,14 +99,14 @@ fn parse_param(item: &str) -> Option<(&str, String)> {
 pub(crate) fn challenges(value: &str) -> Vec<Challenge<'_>> {
     let mut out: Vec<Challenge<'_>> = Vec::new();
     for item in split_outside_quotes(value) {
-        let item = item.trim_matches([' ', '\t']);
+        let item = item.trim_matches(BLANKS);
         if item.is_empty() {
             continue;
         }
         let end = item.find(|c: char| !is_token_char(c)).unwrap_or(item.len());
         let (token, rest) = item.split_at(end);
         let starts_challenge =
-            !token.is_empty() && !rest.trim_start_matches([' ', '\t']).starts_with('=');
+            !token.is_empty() && !rest.trim_start_matches(BLANKS).starts_with('=');
         if starts_challenge {
             let mut challenge = Challenge {
                 scheme: token,
@@ -202,6 +218,18 @@ impl DigestState {
                 }
             }
         };
+        // Echoed in the answer: refuse what cannot go into a request line by line or would not
+        // fit its buffer.
+        let echoable = |v: &str| {
+            v.len() <= MAX_DIGEST_PARAM && !v.bytes().any(|b| b.is_ascii_control() && b != b'\t')
+        };
+        if !["realm", "nonce", "opaque"]
+            .iter()
+            .filter_map(|name| c.param(name))
+            .all(echoable)
+        {
+            return None;
+        }
         Some(DigestState {
             realm: c.param("realm").unwrap_or("").to_owned(),
             nonce: c.param("nonce")?.to_owned(),

@@ -82,13 +82,20 @@ impl<'b> Reply<'_, 'b> {
                 BodyLength::UntilClose
             };
         }
+        // 1*DIGIT (RFC 9110 section 8.6): `u64::from_str` alone would also take a `+`.
+        let parse = |v: &str| {
+            let v = v.trim();
+            if v.bytes().all(|b| b.is_ascii_digit()) {
+                v.parse::<u64>().ok()
+            } else {
+                None
+            }
+        };
         let mut lengths = self
             .header_values("Content-Length")
             .flat_map(|v| v.split(','));
-        match lengths.next().map(|v| v.trim().parse::<u64>()) {
-            Some(Ok(n)) if lengths.all(|v| v.trim().parse::<u64>() == Ok(n)) => {
-                BodyLength::Exactly(n)
-            }
+        match lengths.next().map(parse) {
+            Some(Some(n)) if lengths.all(|v| parse(v) == Some(n)) => BodyLength::Exactly(n),
             _ => BodyLength::UntilClose,
         }
     }

@@ -4,8 +4,7 @@
 //!
 //! `cargo test --test fuzz_corpus -- --ignored write_seed_corpus` rewrites the hand-made seeds
 //! (`seed-*` files); the other files come from `cargo fuzz` runs, minimised with `cargo fuzz cmin`.
-//! The other ignored tests reproduce open findings (see `fuzz/README.md`): they fail until the
-//! library is fixed.
+//! The `finding_*` tests reproduce the fuzzers' findings (see `fuzz/README.md`), now fixed.
 
 mod fuzz_checks;
 
@@ -106,9 +105,8 @@ fn write_seed_corpus() {
     }
 }
 
-// Open findings (fuzz/README.md). Each test states the behaviour the library should have; it
-// fails now and passes once the finding is fixed. Run with `cargo test --test fuzz_corpus --
-// --ignored finding_`.
+// The fuzzers' findings (fuzz/README.md), fixed: each test states the behaviour the library
+// has now.
 
 /// A Squid-style Digest 407 whose challenge value is `challenge`, kept alive with an empty
 /// body, then the 200 for the retry; read in two pieces cut where the 407 ends.
@@ -134,7 +132,6 @@ fn digest_then_200(challenge: &str) -> fuzz_checks::Run {
 /// (exit code 2). Expected: the retry is sent with `nonce="a b"` and the tunnel opens (or, at
 /// the least, an `Auth` error).
 #[test]
-#[ignore = "open finding F1a, see fuzz/README.md"]
 fn finding_f1a_folded_digest_nonce_is_not_an_input_error() {
     let run = digest_then_200("Digest realm=\"r\", nonce=\"a\r\n b\", qop=\"auth\"");
     match &run.result {
@@ -149,7 +146,6 @@ fn finding_f1a_folded_digest_nonce_is_not_an_input_error() {
 /// `InvalidInput { BuildConnect, RequestTooLarge }`, again blaming the caller. Expected: the
 /// challenge is unusable, so the handshake ends in `Error::Auth` listing the schemes.
 #[test]
-#[ignore = "open finding F1b, see fuzz/README.md"]
 fn finding_f1b_huge_digest_nonce_is_not_an_input_error() {
     let nonce = "n".repeat(4000);
     let run = digest_then_200(&format!("Digest realm=\"r\", nonce=\"{nonce}\""));
@@ -167,7 +163,6 @@ fn finding_f1b_huge_digest_nonce_is_not_an_input_error() {
 /// keeps its CR LF), so a valid Digest challenge is not answered and the handshake ends in
 /// `Error::Auth`. Expected: the retry, as for the unfolded challenge.
 #[test]
-#[ignore = "open finding F1c, see fuzz/README.md"]
 fn finding_f1c_folded_digest_parameters_are_read() {
     let run = digest_then_200("Digest realm=\"r\",\r\n nonce=\"ab\"");
     match &run.result {
@@ -180,7 +175,6 @@ fn finding_f1c_folded_digest_parameters_are_read() {
 /// section 8.6 allows digits only, and RFC 9112 section 6.3 makes an invalid length in a
 /// response end the connection. Expected: `UntilClose`, so the connection is not reused.
 #[test]
-#[ignore = "open finding F2, see fuzz/README.md"]
 fn finding_f2_signed_content_length_is_invalid() {
     for value in ["+5", "+0", "5, +5"] {
         let head = format!("HTTP/1.1 407 x\r\nContent-Length: {value}\r\n\r\n");
