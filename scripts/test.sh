@@ -18,5 +18,6 @@ cargo test --doc
 
 echo "== main job, as a test: cargo run --release --example camera_stream"
 cargo run --release --example camera_stream -- --duration 3
+bash hil-tests/run-local.sh
 
 echo "== all tests passed"
