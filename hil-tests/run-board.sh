@@ -316,9 +316,8 @@ need_pi_root() {
     fi
 }
 manual_step() { # manual_step PROMPT: waits for Enter (HIL_MANUAL=1 on a terminal only)
-    local reply
     printf '\n>>> %s, then press Enter (120 s) ' "$1"
-    read -r -t 120 reply || true
+    read -r -t 120 _ || true
 }
 can_manual() { [ -n "${HIL_MANUAL:-}" ] && [ -t 0 ] && [ -z "$DRY" ]; }
 

@@ -24,6 +24,8 @@
 # Needs root (namespaces, Squid as user proxy) and squid-openssl. Under CI=true a missing
 # prerequisite is a failure; otherwise the script prints SKIP and exits 0. Every wait is bounded;
 # namespaces and processes are removed on exit (trap).
+# Functions are called through the trap and by name ("scenario_$s"): not unreachable.
+# shellcheck disable=SC2317
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -40,6 +42,7 @@ not_possible() {
         exit 1
     fi
     log "SKIP: $*"
+    STATUS=0
     exit 0
 }
 
@@ -95,6 +98,11 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# Can this machine make network namespaces at all? (Before spending time on the build.)
+if ! ip netns add "$NS_CAM" 2>"$WORK/netns.err"; then
+    not_possible "cannot create network namespaces: $(cat "$WORK/netns.err")"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Build: native, and (optionally) aarch64 for qemu
@@ -165,9 +173,6 @@ RELAY_CTL=127.0.0.1:7000
 SERVER_CTL=$SRV_IP:7001
 
 log "namespaces $NS_CAM, $NS_PRX, $NS_SRV (work dir $WORK)"
-if ! ip netns add "$NS_CAM" 2>"$WORK/netns.err"; then
-    not_possible "cannot create network namespaces: $(cat "$WORK/netns.err")"
-fi
 ip netns add "$NS_PRX"
 ip netns add "$NS_SRV"
 # veth names must be unique on the host while they are created: the run id is in them.
@@ -349,7 +354,9 @@ judge() { # judge [judge options...]: criteria common to every scenario are adde
 squid_407s() { grep -c 'TCP_DENIED/407' "$SQ/access.log" 2>/dev/null || true; }
 reset_path() { # every scenario starts from a clean path
     relay_ctl clear >/dev/null
-    [ -n "$SQUID_PID" ] && kill -0 "$SQUID_PID" 2>/dev/null || start_squid
+    if [ -z "$SQUID_PID" ] || ! kill -0 "$SQUID_PID" 2>/dev/null; then
+        start_squid
+    fi
     server_ctl listen on >/dev/null
 }
 
@@ -357,7 +364,7 @@ scenario_normal() {
     start_camera 8
     wait_camera
     judge --expect "dropped==0" --expect "lost==0" --expect "missing==0" --expect "reconnects==0" \
-        --expect "never==0" --expect "p99_ms<=50" --expect "losses_outside==0"
+        --expect "never==0" --expect "p50_ms<=10" --expect "p99_ms<=100" --expect "losses_outside==0"
 }
 
 scenario_jitter() {
