@@ -91,26 +91,15 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy at `host:port` reached with `scheme`, without credentials.
     pub fn new(scheme: ProxyScheme, host: &str, port: u16) -> Result<Proxy, Error> {
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        check_host(
+        let host = checked_host_port(
             host,
-            Phase::AcquireAddresses,
+            port,
             InvalidInput::ProxyUrl,
-            "proxy host",
+            ("proxy host", "proxy port"),
         )?;
-        if port == 0 {
-            return Err(Error::invalid(
-                Phase::AcquireAddresses,
-                InvalidInput::ProxyUrl,
-                "proxy port",
-            ));
-        }
         Ok(Proxy {
             scheme,
-            host: host.to_owned(),
+            host,
             port,
             credentials: None,
         })
@@ -214,27 +203,13 @@ pub struct Target {
 impl Target {
     /// A target from a host (name, IPv4 or IPv6 literal, brackets optional) and a port.
     pub fn new(host: &str, port: u16) -> Result<Target, Error> {
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        check_host(
+        let host = checked_host_port(
             host,
-            Phase::AcquireAddresses,
-            InvalidInput::Target,
-            "target host",
-        )?;
-        if port == 0 {
-            return Err(Error::invalid(
-                Phase::AcquireAddresses,
-                InvalidInput::Target,
-                "target port",
-            ));
-        }
-        Ok(Target {
-            host: host.to_owned(),
             port,
-        })
+            InvalidInput::Target,
+            ("target host", "target port"),
+        )?;
+        Ok(Target { host, port })
     }
 
     /// Parses `host:port` or `[v6addr]:port`. The port is required.
@@ -279,6 +254,25 @@ impl fmt::Display for Authority<'_> {
             write!(f, "{}:{}", self.0, self.1)
         }
     }
+}
+
+/// The host without IPv6 brackets, once host and port are checked; errors are `kind`, naming
+/// `what.0` for the host and `what.1` for the port.
+fn checked_host_port(
+    host: &str,
+    port: u16,
+    kind: InvalidInput,
+    what: (&'static str, &'static str),
+) -> Result<String, Error> {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    check_host(host, Phase::AcquireAddresses, kind, what.0)?;
+    if port == 0 {
+        return Err(Error::invalid(Phase::AcquireAddresses, kind, what.1));
+    }
+    Ok(host.to_owned())
 }
 
 /// Splits `host[:port]` / `[v6][:port]`. `None` when malformed.
