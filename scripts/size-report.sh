@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Stripped sizes of the CLI and the camera_stream example for x86_64, aarch64 and armv7, with the
+# size-optimised `firmware` profile (opt-level z, fat LTO, 1 codegen unit, panic=abort, strip)
+# and the plain `release` profile for comparison. Prints a Markdown table and writes it to
+# target/size-report.md.
+#
+#   scripts/size-report.sh                  both profiles (cold: ~16 CPU-minutes for 12 builds)
+#   scripts/size-report.sh --firmware-only  the firmware profile only (what scripts/test.sh runs)
+#   scripts/size-report.sh --bloat          also list what takes the space in the armv7
+#                                           firmware CLI, by crate (an unstripped rebuild)
+#
+# Uses the same toolchain as scripts/cross-test.sh (Debian's rustc-web and GNU cross binutils,
+# installed by it if missing) and the same target dir, target/cross, for all three targets, so
+# the figures come from one compiler. The host build in target/ is not touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGETS=(x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+PROFILES=(firmware release)
+BUILD_TIMEOUT=${SIZE_BUILD_TIMEOUT:-2400}
+# The figure the firmware budget is checked against: the armv7 CLI, firmware profile.
+BUDGET_BYTES=1000000
+
+BLOAT=""
+for arg in "$@"; do
+    case "$arg" in
+        --firmware-only) PROFILES=(firmware) ;;
+        --bloat) BLOAT=1 ;;
+        *) echo "usage: $0 [--firmware-only] [--bloat]" >&2; exit 2 ;;
+    esac
+done
+
+log() { printf '== size-report: %s\n' "$*"; }
+
+bash scripts/cross-test.sh --install-only
+
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+export CARGO_TARGET_DIR="$PWD/target/cross"
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
+export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
+export AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
+
+strip_for() {
+    case "$1" in
+        x86_64-*) echo strip ;;
+        aarch64-*) echo aarch64-linux-gnu-strip ;;
+        armv7-*) echo arm-linux-gnueabihf-strip ;;
+    esac
+}
+
+short() {
+    case "$1" in
+        x86_64-*) echo x86_64 ;;
+        aarch64-*) echo aarch64 ;;
+        armv7-*) echo armv7 ;;
+    esac
+}
+
+target_args=()
+for target in "${TARGETS[@]}"; do
+    target_args+=(--target "$target")
+done
+
+# One cargo run per profile for all three targets: cargo keeps both cores busy while one
+# target's single-threaded LTO link runs.
+for profile in "${PROFILES[@]}"; do
+    t0=$SECONDS
+    log "building connect-tunnel and camera_stream, profile $profile, ${TARGETS[*]}"
+    if ! timeout "$BUILD_TIMEOUT" cargo build --profile "$profile" "${target_args[@]}" \
+        --bin connect-tunnel --example camera_stream >"$CARGO_TARGET_DIR/size-$profile.log" 2>&1; then
+        tail -n 40 "$CARGO_TARGET_DIR/size-$profile.log"
+        log "build FAILED (profile $profile)"
+        exit 1
+    fi
+    log "profile $profile built in $((SECONDS - t0)) s"
+done
+
+# Strip copies with the target's binutils (the release profile does not strip; the firmware
+# profile already did, so stripping again changes nothing) and measure.
+STRIPPED="$CARGO_TARGET_DIR/stripped"
+mkdir -p "$STRIPPED"
+declare -A SIZE
+for target in "${TARGETS[@]}"; do
+    for profile in "${PROFILES[@]}"; do
+        for bin in connect-tunnel camera_stream; do
+            src="$CARGO_TARGET_DIR/$target/$profile/$bin"
+            if [ "$bin" = camera_stream ]; then
+                src="$CARGO_TARGET_DIR/$target/$profile/examples/$bin"
+            fi
+            out="$STRIPPED/$bin-$(short "$target")-$profile"
+            cp "$src" "$out"
+            "$(strip_for "$target")" "$out"
+            SIZE["$bin/$profile/$target"]=$(stat -c %s "$out")
+        done
+    done
+done
+
+# The newest glibc symbol version a binary needs: the oldest glibc it runs on.
+glibc_needed() {
+    local objdump
+    objdump="$(strip_for "$1" | sed 's/strip$/objdump/')"
+    "$objdump" -T "$2" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -Vu | tail -n1
+}
+
+cell() { # bytes -> "1234567 B (1.23 MB)"
+    awk -v b="$1" 'BEGIN { printf "%d B (%.2f MB)", b, b / 1000000 }'
+}
+
+report="$PWD/target/size-report.md"
+{
+    echo "Stripped sizes, $(/usr/bin/rustc --version) (Debian rustc-web), MB = 10^6 bytes."
+    echo "\`firmware\`: opt-level z, fat LTO, codegen-units 1, panic=abort, strip."
+    if [ "${#PROFILES[@]}" -gt 1 ]; then
+        echo "\`release\`: opt-level 3, unwinding, stripped here with the target's \`strip\`."
+    fi
+    echo
+    echo "| binary | profile | x86_64 | aarch64 | armv7 |"
+    echo "|---|---|---:|---:|---:|"
+    for bin in connect-tunnel camera_stream; do
+        for profile in "${PROFILES[@]}"; do
+            row="| \`$bin\` | $profile |"
+            for target in "${TARGETS[@]}"; do
+                row="$row $(cell "${SIZE["$bin/$profile/$target"]}") |"
+            done
+            echo "$row"
+        done
+    done
+    echo
+    row="Oldest glibc the \`connect-tunnel\` binaries run on (newest GLIBC_ symbol version):"
+    for target in "${TARGETS[@]}"; do
+        row="$row $(short "$target") $(glibc_needed "$target" "$CARGO_TARGET_DIR/$target/firmware/connect-tunnel"),"
+    done
+    echo "${row%,}."
+} >"$report"
+echo
+cat "$report"
+echo
+log "written to target/size-report.md"
+
+armv7_cli=${SIZE["connect-tunnel/firmware/armv7-unknown-linux-gnueabihf"]}
+if [ "$armv7_cli" -gt "$BUDGET_BYTES" ]; then
+    log "note: the armv7 firmware CLI is $armv7_cli bytes, over the $BUDGET_BYTES-byte budget"
+    log "      (scripts/size-report.sh --bloat lists what takes the space)"
+else
+    log "the armv7 firmware CLI ($armv7_cli bytes) is within the $BUDGET_BYTES-byte budget"
+fi
+
+if [ -n "$BLOAT" ]; then
+    # Rebuild the armv7 firmware CLI without stripping (same profile otherwise) in its own target
+    # dir and attribute its symbols to crates, as cargo-bloat does: code and statics by the first
+    # path segment of the demangled name; C code of ring and libc by symbol prefix.
+    log "armv7 firmware CLI: where the space goes (unstripped build in target/cross-bloat)"
+    CARGO_TARGET_DIR="$PWD/target/cross-bloat" CARGO_PROFILE_FIRMWARE_STRIP=false \
+        timeout "$BUILD_TIMEOUT" cargo build --profile firmware \
+        --target armv7-unknown-linux-gnueabihf --bin connect-tunnel \
+        >"$CARGO_TARGET_DIR/size-bloat.log" 2>&1
+    elf="$PWD/target/cross-bloat/armv7-unknown-linux-gnueabihf/firmware/connect-tunnel"
+    echo "   sections in the file (bytes):"
+    arm-linux-gnueabihf-size -A "$elf" |
+        awk '$1 ~ /^\./ && $1 !~ /^\.(debug|comment|symtab|strtab)/ && $2 > 4096 { printf "   %-16s %9d\n", $1, $2 }'
+    arm-linux-gnueabihf-nm -S --size-sort -C --defined-only "$elf" | python3 -c '
+import collections, re, sys
+by_crate = collections.Counter()
+count = collections.Counter()
+for line in sys.stdin:
+    parts = line.split(None, 3)
+    if len(parts) < 4:
+        continue
+    size, kind, name = int(parts[1], 16), parts[2], parts[3].strip()
+    if kind in "bB":
+        continue  # .bss takes no space in the file
+    inner = name.lstrip("<&*").replace("mut ", "").replace("dyn ", "")
+    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)::", inner)
+    if m:
+        crate = m.group(1)
+        if crate in ("_", "impl"):
+            crate = "?"
+    elif name.startswith("ring_core_") or name.startswith("GFp_") or "_ring_" in name:
+        crate = "ring (C/asm)"
+    else:
+        crate = "C / libc / other (%s)" % ("code" if kind in "tT" else "data")
+    by_crate[crate] += size
+    count[crate] += 1
+total = sum(by_crate.values())
+print("\n| crate | bytes | share | symbols |")
+print("|---|---:|---:|---:|")
+for crate, size in by_crate.most_common(15):
+    print("| %s | %d | %.1f%% | %d |" % (crate, size, 100.0 * size / total, count[crate]))
+print("| all symbols | %d | | |" % total)
+print("(not attributed: unnamed constants in .rodata, e.g. the webpki-roots certificates)")
+'
+fi
