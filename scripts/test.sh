@@ -12,6 +12,14 @@ echo "== format and lints"
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 
+echo "== every feature combination builds and passes clippy (tls, cli)"
+for features in "--no-default-features" "--no-default-features --features cli" \
+    "--no-default-features --features tls"; do
+    # shellcheck disable=SC2086 # the flags are meant to split
+    cargo clippy --lib --bins $features -- -D warnings
+done
+cargo test --no-default-features --lib
+
 echo "== tests: unit, scripted proxies, real Squid, ssh, examples, doc tests"
 cargo test --all-targets
 cargo test --doc
