@@ -163,6 +163,9 @@ if [ -n "$BLOAT" ]; then
         awk '$1 ~ /^\./ && $1 !~ /^\.(debug|comment|symtab|strtab)/ && $2 > 4096 { printf "   %-16s %9d\n", $1, $2 }'
     arm-linux-gnueabihf-nm -S --size-sort -C --defined-only "$elf" | python3 -c '
 import collections, re, sys
+RING_C = re.compile(r"_?(ring_core_|GFp_|fiat_|bsaes_|vpaes_|aes_|gcm_|k25519|ge_|x25519|sc_|"
+                    r"p256|ecp_|nistz|ChaCha20|chacha|poly1305|LIMBS_|LIMB_|limbs_|bn_|"
+                    r"CRYPTO_|OPENSSL_)|^Bi$")
 by_crate = collections.Counter()
 count = collections.Counter()
 for line in sys.stdin:
@@ -172,16 +175,16 @@ for line in sys.stdin:
     size, kind, name = int(parts[1], 16), parts[2], parts[3].strip()
     if kind in "bB":
         continue  # .bss takes no space in the file
-    inner = name.lstrip("<&*").replace("mut ", "").replace("dyn ", "")
-    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)::", inner)
+    # The first path segment names the crate, also inside "<T as crate::Trait>::f".
+    m = re.search(r"(?<![A-Za-z0-9_])([A-Za-z_][A-Za-z0-9_]*)::", name)
     if m:
         crate = m.group(1)
-        if crate in ("_", "impl"):
-            crate = "?"
-    elif name.startswith("ring_core_") or name.startswith("GFp_") or "_ring_" in name:
+    elif RING_C.match(name):
         crate = "ring (C/asm)"
+    elif name.startswith("__"):
+        crate = "compiler runtime (libgcc, builtins)"
     else:
-        crate = "C / libc / other (%s)" % ("code" if kind in "tT" else "data")
+        crate = "other C / libc (%s)" % ("code" if kind in "tT" else "data")
     by_crate[crate] += size
     count[crate] += 1
 total = sum(by_crate.values())
