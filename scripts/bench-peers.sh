@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Peer comparison (issue 4): connect-tunnel's command-line tool next to socat, ncat, proxytunnel,
+# corkscrew and GNU httptunnel, through one locally started Squid to one echo / sink server.
+#
+# 1. installs what it needs with Debian's apt (root or sudo; skipped when all is present);
+# 2. runs `cargo bench --bench peers` (benches/peers.rs: builds connect-tunnel in release, starts
+#    Squid and the servers on free loopback ports, measures, stops everything it started);
+# 3. prints the tables and writes them into docs/BENCHMARKS.md between the bench-peers markers
+#    (the hand-written text around them is kept). Raw round-trip samples:
+#    target/bench/peers-rtt-samples.csv.
+#
+# Usage: scripts/bench-peers.sh
+#   Environment, for quicker or longer runs (defaults are the documented ones):
+#   PEERS_SETUPS=21 PEERS_PACKETS=10000 PEERS_RTT_ROUNDS=5 PEERS_BULK_MIB=1024
+#   PEERS_BULK_ROUNDS=3, PEERS_ONLY=key,key (tools to keep, connect-tunnel always runs:
+#   direct socat-direct socat ncat proxytunnel proxytunnel-tls corkscrew httptunnel-default
+#   httptunnel), PEERS_NO_PROFILE=1 (no perf profile when a target is missed),
+#   PEERS_NO_DOC=1 (do not touch docs/BENCHMARKS.md).
+# Takes about 10 minutes on a busy 2-vCPU machine; bounded by a 25-minute timeout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+# Required: the proxy, the peer tools, GNU time (CPU and peak memory), openssl (Squid's
+# password file), procps/coreutils basics. Optional: perf (profiling when a target is missed).
+PACKAGES=(squid-openssl openssl socat ncat proxytunnel corkscrew httptunnel time procps)
+OPTIONAL=(linux-perf)
+
+installed() {
+    # dpkg-query, not `dpkg -s | grep -q`: under pipefail grep's early exit can kill dpkg.
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
+}
+
+missing=()
+for pkg in "${PACKAGES[@]}" "${OPTIONAL[@]}"; do
+    installed "$pkg" || missing+=("$pkg")
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "== bench-peers: all packages present"
+else
+    echo "== bench-peers: installing ${missing[*]}"
+    # Keep package scripts from starting stock daemons (squid on 3128); an existing policy-rc.d
+    # is left alone.
+    created_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod 755 /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    cleanup_policy() {
+        if [ -n "$created_policy" ]; then
+            $SUDO rm -f /usr/sbin/policy-rc.d
+        fi
+    }
+    trap cleanup_policy EXIT
+    apt_get() {
+        # Another apt on the machine holds the lock for a while at most: wait for it (bounded).
+        $SUDO env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get -o DPkg::Lock::Timeout=300 "$@"
+    }
+    apt_get update -qq
+    required=()
+    for pkg in "${missing[@]}"; do
+        case " ${OPTIONAL[*]} " in
+            *" $pkg "*) ;;
+            *) required+=("$pkg") ;;
+        esac
+    done
+    if [ "${#required[@]}" -gt 0 ]; then
+        apt_get install -y --no-install-recommends "${required[@]}"
+    fi
+    for pkg in "${OPTIONAL[@]}"; do
+        if ! installed "$pkg"; then
+            apt_get install -y --no-install-recommends "$pkg" ||
+                echo "== bench-peers: optional $pkg not installed (no profile when a target is missed)"
+        fi
+    done
+    cleanup_policy
+    trap - EXIT
+fi
+
+for tool in /usr/sbin/squid /usr/lib/squid/basic_ncsa_auth /usr/bin/openssl /usr/bin/socat \
+    /usr/bin/ncat /usr/bin/proxytunnel /usr/bin/corkscrew /usr/bin/htc /usr/bin/hts /usr/bin/time; do
+    if [ ! -x "$tool" ]; then
+        echo "bench-peers: expected $tool after install, not found" >&2
+        exit 1
+    fi
+done
+
+echo "== bench-peers: cargo bench --bench peers (release build; Squid, servers and tools on free loopback ports)"
+mkdir -p target/bench
+out=target/bench/peers.md
+rm -f "$out"
+# The bench bounds every wait itself; this is the outer bound. SIGINT first so that Squid and the
+# tools are stopped by the bench's own clean-up.
+PEERS_OUT="$out" timeout --signal=INT --kill-after=30 1500 cargo bench --bench peers
+if [ ! -s "$out" ]; then
+    echo "bench-peers: the bench wrote no $out" >&2
+    exit 1
+fi
+
+doc=docs/BENCHMARKS.md
+begin='<!-- bench-peers:begin'
+end='<!-- bench-peers:end -->'
+if [ -z "${PEERS_NO_DOC:-}" ]; then
+    if grep -q "^$begin" "$doc" && grep -q "^$end" "$doc"; then
+        tmp="$(mktemp)"
+        awk -v begin="$begin" -v end="$end" -v file="$out" '
+            index($0, begin) == 1 { print; while ((getline line < file) > 0) print line; skip = 1; next }
+            index($0, end) == 1 { skip = 0 }
+            !skip { print }
+        ' "$doc" >"$tmp"
+        cat "$tmp" >"$doc"
+        rm -f "$tmp"
+    else
+        {
+            printf '\n## Peer tools: the same job with socat, ncat, proxytunnel, corkscrew, httptunnel\n\n'
+            printf '%s (generated by scripts/bench-peers.sh; edits inside are overwritten) -->\n' "$begin"
+            cat "$out"
+            printf '%s\n' "$end"
+        } >>"$doc"
+    fi
+    echo "== bench-peers: wrote the tables into $doc"
+fi
+
+echo "== bench-peers: done in $(($(date +%s) - started)) s"
