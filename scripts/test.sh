@@ -31,7 +31,5 @@ bash hil-tests/run-local.sh
 echo "== ARM (aarch64, armv7): Debian's cross toolchain; tests and the CLI under qemu (docs/ARM.md)"
 bash scripts/cross-test.sh
 
-echo "== firmware sizes, x86_64/aarch64/armv7 (with the release profile too: scripts/size-report.sh)"
-bash scripts/size-report.sh --firmware-only
 
 echo "== all tests passed"
