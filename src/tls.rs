@@ -326,6 +326,12 @@ impl<W: Sink> TlsShared<W> {
     /// completed by one read may be followed by more in the same read. So raw bytes are handed
     /// over one `read_tls` call at a time, only once the decrypted data has been read out; what
     /// rustls did not take waits in `raw` for the next call.
+    ///
+    /// Once some plaintext is in `out`, the records already in `raw` are decrypted into the
+    /// rest of `out` too, so one call can return several records; it reads the socket only
+    /// while `out` is still empty. A failure (a record that does not decrypt, an alert) is
+    /// kept in `raw` until every record decrypted before it has been read out, then returned:
+    /// no decrypted byte is lost.
     pub(crate) fn read(
         &self,
         src: &mut dyn Source,
@@ -336,12 +342,31 @@ impl<W: Sink> TlsShared<W> {
         if out.is_empty() {
             return Ok(0);
         }
+        let mut filled = 0;
         loop {
-            match lock(&self.conn).reader().read(out) {
+            match lock(&self.conn).reader().read(&mut out[filled..]) {
+                Ok(n) if n > 0 => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(_) if filled > 0 => return Ok(filled),
+                Err(e) if filled > 0 => {
+                    raw.failed = Some(e);
+                    return Ok(filled);
+                }
                 other => return other,
             }
-            let eof = raw.start == raw.end && {
+            // Records decrypted before a failure are read out above before it is reported.
+            if let Some(e) = raw.failed.take() {
+                if filled > 0 {
+                    raw.failed = Some(e);
+                    return Ok(filled);
+                }
+                return Err(e);
+            }
+            let pending = raw.start < raw.end;
+            if filled == out.len() || (filled > 0 && !pending) {
+                return Ok(filled);
+            }
+            let eof = !pending && {
                 let n = match src.read_by(&mut raw.buf, deadline) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -359,7 +384,9 @@ impl<W: Sink> TlsShared<W> {
                 if let Err(e) = conn.process_new_packets() {
                     drop(conn);
                     let _ = self.send_pending_if_free();
-                    return Err(tls_data_error(e));
+                    // Reported after the plaintext rustls decrypted before the failure.
+                    raw.failed = Some(tls_data_error(e));
+                    continue;
                 }
                 conn.wants_write()
             };
@@ -375,6 +402,8 @@ pub(crate) struct RawBuf {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+    /// An error met after plaintext was already returned, for the next read.
+    failed: Option<io::Error>,
 }
 
 impl RawBuf {
@@ -383,6 +412,7 @@ impl RawBuf {
             buf: vec![0; TLS_IO_CHUNK].into_boxed_slice(),
             start: 0,
             end: 0,
+            failed: None,
         }
     }
 }

@@ -17,8 +17,10 @@ use crate::error::{Error, InvalidInput, Phase};
 use crate::tls::{RawBuf, TlsShared};
 
 /// Size of the buffer raw TLS bytes are read into, and of the buffer TLS records are staged in
-/// before they are written.
-pub const TLS_IO_CHUNK: usize = 16 * 1024;
+/// before they are written: room for four full records (16 KiB of plaintext each, plus header,
+/// tag and padding: 16,640 B), so that a 64 KiB write leaves in one system call and one read
+/// can take in as much.
+pub const TLS_IO_CHUNK: usize = 4 * 16_640;
 
 /// Socket options applied to the connection to the proxy, through socket2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
