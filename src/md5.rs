@@ -26,6 +26,75 @@ pub(crate) fn md5(data: &[u8]) -> [u8; 16] {
     out
 }
 
+/// Per-step additive constants: K[i] = floor(|sin(i + 1)| * 2^32), written out so that no
+/// floating-point code (and no libm) is linked in; a unit test checks them against the formula.
+const K: [u32; 64] = [
+    0xd76a_a478,
+    0xe8c7_b756,
+    0x2420_70db,
+    0xc1bd_ceee,
+    0xf57c_0faf,
+    0x4787_c62a,
+    0xa830_4613,
+    0xfd46_9501,
+    0x6980_98d8,
+    0x8b44_f7af,
+    0xffff_5bb1,
+    0x895c_d7be,
+    0x6b90_1122,
+    0xfd98_7193,
+    0xa679_438e,
+    0x49b4_0821,
+    0xf61e_2562,
+    0xc040_b340,
+    0x265e_5a51,
+    0xe9b6_c7aa,
+    0xd62f_105d,
+    0x0244_1453,
+    0xd8a1_e681,
+    0xe7d3_fbc8,
+    0x21e1_cde6,
+    0xc337_07d6,
+    0xf4d5_0d87,
+    0x455a_14ed,
+    0xa9e3_e905,
+    0xfcef_a3f8,
+    0x676f_02d9,
+    0x8d2a_4c8a,
+    0xfffa_3942,
+    0x8771_f681,
+    0x6d9d_6122,
+    0xfde5_380c,
+    0xa4be_ea44,
+    0x4bde_cfa9,
+    0xf6bb_4b60,
+    0xbebf_bc70,
+    0x289b_7ec6,
+    0xeaa1_27fa,
+    0xd4ef_3085,
+    0x0488_1d05,
+    0xd9d4_d039,
+    0xe6db_99e5,
+    0x1fa2_7cf8,
+    0xc4ac_5665,
+    0xf429_2244,
+    0x432a_ff97,
+    0xab94_23a7,
+    0xfc93_a039,
+    0x655b_59c3,
+    0x8f0c_cc92,
+    0xffef_f47d,
+    0x8584_5dd1,
+    0x6fa8_7e4f,
+    0xfe2c_e6e0,
+    0xa301_4314,
+    0x4e08_11a1,
+    0xf753_7e82,
+    0xbd3a_f235,
+    0x2ad7_d2bb,
+    0xeb86_d391,
+];
+
 /// Per-round left-rotation amounts.
 const SHIFTS: [u32; 16] = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21];
 
@@ -42,8 +111,7 @@ fn compress(state: &mut [u32; 4], block: &[u8]) {
             2 => (b ^ c ^ d, (3 * i + 5) % 16),
             _ => (c ^ (b | !d), (7 * i) % 16),
         };
-        // K[i] = floor(|sin(i + 1)| * 2^32), computed rather than tabulated.
-        let k = ((((i + 1) as f64).sin().abs()) * 4_294_967_296.0) as u32;
+        let k = K[i];
         let shift = SHIFTS[(i / 16) * 4 + i % 4];
         let sum = a.wrapping_add(f).wrapping_add(k).wrapping_add(m[g]);
         a = d;
@@ -58,7 +126,15 @@ fn compress(state: &mut [u32; 4], block: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::md5;
+    use super::{md5, K};
+
+    #[test]
+    fn constants_follow_the_sine_formula() {
+        for (i, k) in K.iter().enumerate() {
+            let want = ((((i + 1) as f64).sin().abs()) * 4_294_967_296.0) as u32;
+            assert_eq!(*k, want, "K[{i}]");
+        }
+    }
 
     fn hex(d: [u8; 16]) -> String {
         d.iter().map(|b| format!("{b:02x}")).collect()
