@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Stripped sizes of the CLI and the camera_stream example for x86_64, aarch64 and armv7, with the
 # size-optimised `firmware` profile (opt-level z, fat LTO, 1 codegen unit, panic=abort, strip)
-# and the plain `release` profile for comparison. Prints a Markdown table and writes it to
-# target/size-report.md.
+# and the plain `release` profile for comparison, plus the firmware CLI without the bundled
+# Mozilla roots (`--no-default-features --features cli,tls`: default trust is the system's CA
+# bundle). Prints a Markdown table and writes it to target/size-report.md.
 #
 #   scripts/size-report.sh                  both profiles (cold: ~16 CPU-minutes for 12 builds)
-#   scripts/size-report.sh --firmware-only  the firmware profile only (what scripts/test.sh runs)
+#   scripts/size-report.sh --firmware-only  the firmware profile only
 #   scripts/size-report.sh --bloat          also list what takes the space in the armv7
 #                                           firmware CLI, by crate (an unstripped rebuild)
 #
@@ -83,6 +84,9 @@ done
 STRIPPED="$CARGO_TARGET_DIR/stripped"
 mkdir -p "$STRIPPED"
 declare -A SIZE
+# The CLI's features for the "no bundled roots" row: TLS, but the system's CA bundle instead of
+# webpki-roots (Cargo.toml, feature `webpki-roots`).
+NO_ROOTS_FEATURES=(--no-default-features --features "cli,tls")
 for target in "${TARGETS[@]}"; do
     for profile in "${PROFILES[@]}"; do
         for bin in connect-tunnel camera_stream; do
@@ -96,6 +100,25 @@ for target in "${TARGETS[@]}"; do
             SIZE["$bin/$profile/$target"]=$(stat -c %s "$out")
         done
     done
+done
+
+# The firmware CLI without the bundled roots. Built after the copies above were taken, in the
+# same target dir (the dependencies are shared; only the CLI is linked again, and the next
+# default build links it back).
+t0=$SECONDS
+log "building connect-tunnel ${NO_ROOTS_FEATURES[*]}, profile firmware, ${TARGETS[*]}"
+if ! timeout "$BUILD_TIMEOUT" cargo build --profile firmware "${target_args[@]}" \
+    --bin connect-tunnel "${NO_ROOTS_FEATURES[@]}" >"$CARGO_TARGET_DIR/size-no-roots.log" 2>&1; then
+    tail -n 40 "$CARGO_TARGET_DIR/size-no-roots.log"
+    log "build FAILED (firmware, no bundled roots)"
+    exit 1
+fi
+log "no-bundled-roots firmware CLI built in $((SECONDS - t0)) s"
+for target in "${TARGETS[@]}"; do
+    out="$STRIPPED/connect-tunnel-$(short "$target")-firmware-no-roots"
+    cp "$CARGO_TARGET_DIR/$target/firmware/connect-tunnel" "$out"
+    "$(strip_for "$target")" "$out"
+    SIZE["connect-tunnel-no-roots/firmware/$target"]=$(stat -c %s "$out")
 done
 
 # The newest glibc symbol version a binary needs: the oldest glibc it runs on.
@@ -127,11 +150,18 @@ report="$PWD/target/size-report.md"
             done
             echo "$row"
         done
+        if [ "$bin" = connect-tunnel ]; then
+            row="| \`connect-tunnel\`, no bundled roots (\`${NO_ROOTS_FEATURES[*]}\`) | firmware |"
+            for target in "${TARGETS[@]}"; do
+                row="$row $(cell "${SIZE["connect-tunnel-no-roots/firmware/$target"]}") |"
+            done
+            echo "$row"
+        fi
     done
     echo
     row="Oldest glibc the \`connect-tunnel\` binaries run on (newest GLIBC_ symbol version):"
     for target in "${TARGETS[@]}"; do
-        row="$row $(short "$target") $(glibc_needed "$target" "$CARGO_TARGET_DIR/$target/firmware/connect-tunnel"),"
+        row="$row $(short "$target") $(glibc_needed "$target" "$STRIPPED/connect-tunnel-$(short "$target")-firmware"),"
     done
     echo "${row%,}."
 } >"$report"
@@ -140,13 +170,19 @@ cat "$report"
 echo
 log "written to target/size-report.md"
 
-armv7_cli=${SIZE["connect-tunnel/firmware/armv7-unknown-linux-gnueabihf"]}
-if [ "$armv7_cli" -gt "$BUDGET_BYTES" ]; then
-    log "note: the armv7 firmware CLI is $armv7_cli bytes, over the $BUDGET_BYTES-byte budget"
-    log "      (scripts/size-report.sh --bloat lists what takes the space)"
-else
-    log "the armv7 firmware CLI ($armv7_cli bytes) is within the $BUDGET_BYTES-byte budget"
-fi
+for variant in connect-tunnel connect-tunnel-no-roots; do
+    what="the armv7 firmware CLI"
+    if [ "$variant" = connect-tunnel-no-roots ]; then
+        what="$what without bundled roots"
+    fi
+    armv7_cli=${SIZE["$variant/firmware/armv7-unknown-linux-gnueabihf"]}
+    if [ "$armv7_cli" -gt "$BUDGET_BYTES" ]; then
+        log "note: $what is $armv7_cli bytes, over the $BUDGET_BYTES-byte budget"
+        log "      (scripts/size-report.sh --bloat lists what takes the space)"
+    else
+        log "$what ($armv7_cli bytes) is within the $BUDGET_BYTES-byte budget"
+    fi
+done
 
 if [ -n "$BLOAT" ]; then
     # Rebuild the armv7 firmware CLI without stripping (same profile otherwise) in its own target

@@ -12,13 +12,20 @@ echo "== format and lints"
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 
-echo "== every feature combination builds and passes clippy (tls, cli)"
+echo "== every feature combination builds and passes clippy (tls, webpki-roots, tls-log, cli)"
+# "cli,tls" is the firmware build without the bundled Mozilla roots (default trust: the system's
+# CA bundle); it gets the test targets too, since the tests run with TLS.
 for features in "--no-default-features" "--no-default-features --features cli" \
-    "--no-default-features --features tls"; do
+    "--no-default-features --features tls" "--no-default-features --features webpki-roots" \
+    "--features tls-log"; do
     # shellcheck disable=SC2086 # the flags are meant to split
     cargo clippy --lib --bins $features -- -D warnings
 done
+cargo clippy --all-targets --no-default-features --features cli,tls -- -D warnings
 cargo test --no-default-features --lib
+# Without the bundled roots: the system CA bundle look-up (unit tests) and a TLS proxy under the
+# default trust (tls_proxy's default_trust_refuses_a_private_ca).
+cargo test --no-default-features --features cli,tls --lib --test tls_proxy
 
 echo "== tests: unit, scripted proxies, real Squid, ssh, examples, doc tests"
 cargo test --all-targets

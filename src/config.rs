@@ -82,13 +82,15 @@ impl Config {
     }
 
     /// Trust the CA certificates in this PEM file for an `https://` proxy, instead of the
-    /// webpki roots.
+    /// default trust ([`TrustAnchors::WebPki`]: the built-in Mozilla roots, or the system's CA
+    /// bundle in a build without the `webpki-roots` feature).
     pub fn proxy_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.tls.trust = TrustAnchors::PemFile(path.into());
         self
     }
 
-    /// Trust the CA certificates in this PEM text, instead of the webpki roots.
+    /// Trust the CA certificates in this PEM text, instead of the default trust
+    /// ([`TrustAnchors::WebPki`]).
     pub fn proxy_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls.trust = TrustAnchors::Pem(pem.into());
         self
@@ -125,8 +127,8 @@ impl Config {
 
     /// Run TLS to the target inside the tunnel (end to end; TLS-in-TLS when the proxy hop is
     /// TLS too), verifying the target's certificate against the target's host name with the
-    /// webpki roots unless [`target_ca_file`](Self::target_ca_file) or
-    /// [`target_ca_pem`](Self::target_ca_pem) says otherwise. Defaults to off.
+    /// default trust ([`TrustAnchors::WebPki`]) unless [`target_ca_file`](Self::target_ca_file)
+    /// or [`target_ca_pem`](Self::target_ca_pem) says otherwise. Defaults to off.
     pub fn target_tls(mut self, on: bool) -> Self {
         self.target_tls = on.then(|| self.target_tls.take().unwrap_or_default());
         self
@@ -220,6 +222,12 @@ impl Config {
     /// `TCP_USER_TIMEOUT` on Linux: unacknowledged data older than this drops the connection,
     /// so a dead peer surfaces as an error within the bound. Defaults to `None` (the kernel's
     /// retransmission limits, many minutes). Ignored on other systems.
+    ///
+    /// Linux also counts the time during which the peer advertises a closed receive window
+    /// (data waits unsent because of a zero window; tcp(7)): a peer that is alive but stops
+    /// reading for longer than the bound makes the connection fail with `ETIMEDOUT` too. Set it
+    /// above the longest stall the application tolerates from the far end (a paused player, a
+    /// slow consumer), not just above the network's round-trip time.
     pub fn user_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.socket.user_timeout = timeout;
         self

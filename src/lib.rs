@@ -30,6 +30,12 @@
 //! # Ok::<(), connect_tunnel::Error>(())
 //! ```
 //!
+//! Cargo features: `tls` (rustls with *ring*: TLS to the proxy and to the target),
+//! `webpki-roots` (the Mozilla roots built in as the default trust; without it the default
+//! trust is the system's CA bundle, see [`SYSTEM_CA_BUNDLES`]), `tls-log` (rustls's own log
+//! records, off by default to keep firmware small) and `cli` (the command-line tool). The
+//! default is `cli`, `tls`, `webpki-roots`.
+//!
 //! Not in scope: serving as a proxy, HTTP requests other than CONNECT, async I/O.
 
 #![forbid(unsafe_code)]
@@ -62,7 +68,9 @@ pub use reply::{
 };
 pub use request::{encode_connect, ConnectRequest, Header, REQUEST_CAPACITY};
 pub use retry::{Backoff, Retry};
-pub use transport::{ClientCert, SocketOptions, TlsOptions, TrustAnchors, TLS_IO_CHUNK};
+pub use transport::{
+    ClientCert, SocketOptions, TlsOptions, TrustAnchors, SYSTEM_CA_BUNDLES, TLS_IO_CHUNK,
+};
 pub use tunnel::{
     establish, Connector, Established, StreamHandler, Tunnel, TunnelReader, TunnelWriter,
 };

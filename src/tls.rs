@@ -33,7 +33,7 @@ pub(crate) fn client_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfi
     let builder = if opts.verify {
         let mut roots = rustls::RootCertStore::empty();
         match &opts.trust {
-            TrustAnchors::WebPki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            TrustAnchors::WebPki => default_roots(&mut roots)?,
             TrustAnchors::PemFile(path) => {
                 let certs =
                     CertificateDer::pem_file_iter(path).map_err(|_| tls_material("CA file"))?;
@@ -77,6 +77,213 @@ pub(crate) fn client_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfi
         }
     };
     Ok(Arc::new(config))
+}
+
+/// The default trust ([`TrustAnchors::WebPki`]): the Mozilla roots built into the binary.
+#[cfg(feature = "webpki-roots")]
+fn default_roots(roots: &mut rustls::RootCertStore) -> Result<(), Error> {
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    Ok(())
+}
+
+/// The default trust ([`TrustAnchors::WebPki`]) in a build without the built-in roots: the
+/// system's CA bundle.
+#[cfg(not(feature = "webpki-roots"))]
+fn default_roots(roots: &mut rustls::RootCertStore) -> Result<(), Error> {
+    let candidates = crate::transport::SYSTEM_CA_BUNDLES.map(std::path::Path::new);
+    system_roots(roots, &candidates).map(drop)
+}
+
+/// What is wrong when no system CA bundle exists: the paths tried (those of
+/// [`SYSTEM_CA_BUNDLES`](crate::transport::SYSTEM_CA_BUNDLES)) and the ways out.
+#[cfg(any(test, not(feature = "webpki-roots")))]
+const NO_SYSTEM_CA_BUNDLE: &str = "default trust: no system CA bundle found (tried \
+    /etc/ssl/certs/ca-certificates.crt, /etc/pki/tls/certs/ca-bundle.crt, /etc/ssl/cert.pem); \
+    give a CA file (--proxy-cacert / --cacert, Config::proxy_ca_file / target_ca_file), install \
+    the system's CA certificates, or build with the `webpki-roots` feature";
+
+/// The system CA bundle that exists, unusable.
+#[cfg(any(test, not(feature = "webpki-roots")))]
+const BAD_SYSTEM_CA_BUNDLE: &str = "default trust: system CA bundle (the first of \
+    /etc/ssl/certs/ca-certificates.crt, /etc/pki/tls/certs/ca-bundle.crt, /etc/ssl/cert.pem \
+    that exists) could not be read or holds no usable certificate";
+
+/// Adds the certificates of the first file in `candidates` that exists (as curl picks its CA
+/// bundle) and returns its path. None existing, an unreadable file, malformed PEM or no usable
+/// certificate is a [`InvalidInput::TlsMaterial`] error that says so. Certificates the
+/// verifier cannot use as trust anchors are skipped, as every TLS client does with system
+/// bundles: that trusts fewer roots, never more.
+#[cfg(any(test, not(feature = "webpki-roots")))]
+fn system_roots<'a>(
+    roots: &mut rustls::RootCertStore,
+    candidates: &[&'a std::path::Path],
+) -> Result<&'a std::path::Path, Error> {
+    let path = candidates
+        .iter()
+        .copied()
+        .find(|path| path.is_file())
+        .ok_or_else(|| tls_material(NO_SYSTEM_CA_BUNDLE))?;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|_| tls_material(BAD_SYSTEM_CA_BUNDLE))?;
+    let (added, skipped) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(tls_material(BAD_SYSTEM_CA_BUNDLE));
+    }
+    log::debug!(
+        "default trust: {added} CA certificates from {}{}",
+        path.display(),
+        if skipped > 0 {
+            " (some unusable ones skipped)"
+        } else {
+            ""
+        }
+    );
+    Ok(path)
+}
+
+/// The default trust and the system CA bundle look-up (here, not at the end of the file, to keep
+/// them beside the code they test).
+#[cfg(test)]
+mod default_trust_tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::transport::SYSTEM_CA_BUNDLES;
+
+    /// A fresh directory for one test's files, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir =
+                std::env::temp_dir().join(format!("connect-tunnel-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ca_pem(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    fn tls_material_what(result: Result<&Path, Error>) -> &'static str {
+        match result {
+            Err(Error::InvalidInput {
+                phase: Phase::AcquireAddresses,
+                kind: InvalidInput::TlsMaterial,
+                what,
+            }) => what,
+            other => panic!("expected a TlsMaterial error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_existing_bundle_is_used() {
+        let dir = TempDir::new("first-bundle");
+        let first = dir.file("first.pem", [ca_pem("a"), ca_pem("b")].concat().as_bytes());
+        let second = dir.file("second.pem", ca_pem("c").as_bytes());
+        let missing = dir.0.join("missing.pem");
+        // A directory where a bundle could be is passed over like a missing file.
+        let candidates = [missing.as_path(), dir.0.as_path(), &first, &second];
+        let mut roots = rustls::RootCertStore::empty();
+        assert_eq!(system_roots(&mut roots, &candidates).unwrap(), first);
+        assert_eq!(roots.len(), 2, "only the first existing bundle is read");
+
+        let mut roots = rustls::RootCertStore::empty();
+        assert_eq!(
+            system_roots(&mut roots, &[&missing, &second]).unwrap(),
+            second
+        );
+        assert_eq!(roots.len(), 1);
+    }
+
+    #[test]
+    fn no_bundle_is_an_error_naming_the_paths_and_the_fix() {
+        let dir = TempDir::new("no-bundle");
+        let missing = [dir.0.join("a.crt"), dir.0.join("b.crt")];
+        let candidates: Vec<&Path> = missing.iter().map(PathBuf::as_path).collect();
+        let mut roots = rustls::RootCertStore::empty();
+        let what = tls_material_what(system_roots(&mut roots, &candidates));
+        assert_eq!(what, NO_SYSTEM_CA_BUNDLE);
+        // The message lists the real candidates (kept in step with SYSTEM_CA_BUNDLES).
+        for path in SYSTEM_CA_BUNDLES {
+            assert!(what.contains(path), "{path} missing from: {what}");
+        }
+        assert!(what.contains("--proxy-cacert"), "{what}");
+        assert!(what.contains("webpki-roots"), "{what}");
+        assert!(roots.is_empty());
+    }
+
+    #[test]
+    fn an_unusable_bundle_is_an_error_not_a_fallback() {
+        let dir = TempDir::new("bad-bundle");
+        let good = dir.file("good.pem", ca_pem("good").as_bytes());
+        for (name, contents) in [
+            ("empty.pem", &b""[..]),
+            ("text.pem", b"no certificates here\n"),
+            (
+                "broken.pem",
+                b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+            ),
+        ] {
+            let bad = dir.file(name, contents);
+            let mut roots = rustls::RootCertStore::empty();
+            let what = tls_material_what(system_roots(&mut roots, &[&bad, &good]));
+            assert_eq!(what, BAD_SYSTEM_CA_BUNDLE, "{name}");
+            assert!(roots.is_empty(), "{name}");
+        }
+    }
+
+    /// Built with the Mozilla roots: the default trust is exactly those.
+    #[cfg(feature = "webpki-roots")]
+    #[test]
+    fn default_trust_is_the_built_in_roots() {
+        let mut roots = rustls::RootCertStore::empty();
+        default_roots(&mut roots).unwrap();
+        assert_eq!(roots.len(), webpki_roots::TLS_SERVER_ROOTS.len());
+    }
+
+    /// Built without them: the default trust is the system's bundle, or a clear error when the
+    /// machine has none; verification stays on.
+    #[cfg(not(feature = "webpki-roots"))]
+    #[test]
+    fn default_trust_is_the_system_bundle() {
+        let present = SYSTEM_CA_BUNDLES.iter().find(|p| Path::new(p).is_file());
+        let mut roots = rustls::RootCertStore::empty();
+        let result = default_roots(&mut roots);
+        let config = client_config(&TlsOptions::default());
+        match present {
+            Some(path) => {
+                result.unwrap();
+                assert!(!roots.is_empty(), "no certificate taken from {path}");
+                config.unwrap();
+            }
+            None => {
+                assert_eq!(
+                    tls_material_what(result.map(|()| Path::new(""))),
+                    NO_SYSTEM_CA_BUNDLE
+                );
+                assert!(config.is_err());
+            }
+        }
+    }
 }
 
 fn add_roots<'a>(

@@ -39,7 +39,10 @@ pub struct SocketOptions {
     pub dscp: Option<u8>,
     /// `TCP_USER_TIMEOUT` (Linux): how long sent data may stay unacknowledged before the
     /// connection is dropped, bounding dead-peer detection while data is in flight. With
-    /// keepalive, also bounds detection on an idle connection. `None` leaves the default.
+    /// keepalive, also bounds detection on an idle connection. Linux counts time during which
+    /// the peer advertises a closed receive window too, so a peer that stops reading for longer
+    /// fails the connection: set it above the longest stall the application tolerates. `None`
+    /// leaves the default.
     pub user_timeout: Option<Duration>,
 }
 
@@ -82,10 +85,25 @@ impl Default for SocketOptions {
     }
 }
 
-/// Which certificate authorities the client trusts for the proxy's certificate.
+/// The system CA bundles the default trust falls back to when the crate is built without the
+/// `webpki-roots` feature, in the order they are tried (as curl does): Debian, Ubuntu,
+/// Raspberry Pi OS and Buildroot; Fedora and RHEL; Alpine, OpenWrt and macOS. The first that
+/// exists is used.
+pub const SYSTEM_CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// Which certificate authorities the client trusts for the proxy's certificate (or the
+/// target's, for TLS inside the tunnel).
 #[derive(Clone, PartialEq, Eq)]
 pub enum TrustAnchors {
-    /// The Mozilla root program, from webpki-roots (the default).
+    /// The default trust. With the crate feature `webpki-roots` (on by default): the Mozilla
+    /// root program, built into the binary. Without it: the system's CA bundle, the first of
+    /// [`SYSTEM_CA_BUNDLES`] that exists, read when the connector is built; if none exists,
+    /// building the connector fails with [`InvalidInput::TlsMaterial`] naming the paths tried
+    /// (give a CA file instead: [`PemFile`](Self::PemFile), `--proxy-cacert`, `--cacert`).
     WebPki,
     /// The certificates in a PEM file.
     PemFile(PathBuf),
@@ -141,7 +159,8 @@ impl std::fmt::Debug for ClientCert {
 /// TLS settings for one TLS layer: to the proxy, or to the target inside the tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsOptions {
-    /// Whom to trust. Defaults to [`TrustAnchors::WebPki`].
+    /// Whom to trust. Defaults to [`TrustAnchors::WebPki`]: the built-in Mozilla roots, or the
+    /// system's CA bundle in a build without the `webpki-roots` feature.
     pub trust: TrustAnchors,
     /// A client certificate chain and its private key for mutual TLS.
     pub client_cert: Option<ClientCert>,

@@ -133,7 +133,7 @@ fn tls_to_squid_is_verified() {
     let Some(squid) = Squid::start(&[port]) else {
         return;
     };
-    // Default trust (webpki roots) does not know the test CA.
+    // The default trust (webpki roots, or the system CA bundle) does not know the test CA.
     let proxy = Proxy::parse(&squid.tls_url(true)).unwrap();
     let err = Connector::new(proxy, Config::default())
         .unwrap()

@@ -168,7 +168,7 @@ fn target_certificate_failures_are_typed_exit_3() {
     };
     let cases = [
         (
-            "untrusted (webpki roots)",
+            "untrusted (default trust)",
             Config::default().target_tls(true),
             good,
         ),

@@ -7,15 +7,18 @@ mod scripted;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use connect_tunnel::{Config, Error, Phase, DEFAULT_USER_AGENT};
+use connect_tunnel::{
+    Config, Connector, Error, InvalidInput, Phase, Proxy, DEFAULT_USER_AGENT, SYSTEM_CA_BUNDLES,
+};
 use scripted::tls::{serve_tls, url, Ca, TlsStream};
 use scripted::{
-    bound_reads, connector, drain_until_closed, head_text, pattern, read_head, read_to_eof, serve,
-    target, within, CLIENT_TIMEOUT,
+    bound_reads, connector, drain_until_closed, head_text, pattern, pattern_byte, read_head,
+    read_to_eof, serve, target, within, CLIENT_TIMEOUT,
 };
 
 const REPLY: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
@@ -129,6 +132,9 @@ fn echo_then_tail(tail: &'static [u8]) -> impl FnOnce(TlsStream) -> usize + Send
 /// that the two directions wait on each other often.
 fn echo_both_ways(total: usize, chunk_sizes: &'static [usize], socket_buffer: Option<usize>) {
     const TAIL: &[u8] = b"-- end of echo --";
+    // The data first: the scripted proxy's read timeout (SERVER_IO_TIMEOUT) runs from the
+    // moment it has answered, so nothing slow may come between that and the first write.
+    let data = Arc::new(pattern(total));
     let ca = Ca::new("scripted CA");
     let echo = echo_then_tail(TAIL);
     let proxy = serve_tls(ca.server_config("localhost"), move |tls: TlsStream| {
@@ -148,7 +154,6 @@ fn echo_both_ways(total: usize, chunk_sizes: &'static [usize], socket_buffer: Op
     tunnel.get_ref().set_read_timeout(stall).unwrap();
     tunnel.get_ref().set_write_timeout(stall).unwrap();
     let (mut reader, mut writer) = tunnel.split();
-    let data = Arc::new(pattern(total));
     let to_send = data.clone();
     let writing = thread::spawn(move || {
         let mut sizes = chunk_sizes.iter().cycle();
@@ -192,6 +197,18 @@ fn one_mib_echo_both_ways_over_split_halves() {
         &[1, 100, 16 * 1024, 16 * 1024 + 1, 40_000, 7],
         None,
     );
+}
+
+/// `pattern` (one period computed, then copied) is byte for byte `pattern_byte`, across
+/// period boundaries and for a length that ends inside a period.
+#[test]
+fn pattern_is_pattern_byte() {
+    let len = 3 * 251 * 7 + 100;
+    let data = pattern(len);
+    assert_eq!(data.len(), len);
+    for (i, byte) in data.iter().enumerate() {
+        assert_eq!(*byte, pattern_byte(i as u64), "byte {i}");
+    }
 }
 
 /// Both halves busy at once with little socket buffering: the reading half must never wait for
@@ -306,6 +323,42 @@ fn untrusted_ca_is_a_tls_error() {
     let other = Ca::new("some other CA");
     let proxy = serve_tls(ca.server_config("localhost"), handshake_fails);
     let source = assert_tls_error(connector(&url(&proxy), trusting(&other)).connect(&target()));
+    assert!(
+        source.to_string().contains("UnknownIssuer"),
+        "unexpected reason: {source}"
+    );
+    assert!(
+        proxy.finish().is_some(),
+        "the server saw the handshake fail"
+    );
+}
+
+/// The default trust verifies: the built-in Mozilla roots (feature `webpki-roots`, default), or
+/// in a build without them the system's CA bundle (`SYSTEM_CA_BUNDLES`, as curl). Either way a
+/// private CA's certificate is refused; a machine with no system bundle refuses to build the
+/// connector instead, with an error naming the paths tried.
+#[test]
+fn default_trust_refuses_a_private_ca() {
+    let ca = Ca::new("scripted CA");
+    let proxy = serve_tls(ca.server_config("localhost"), handshake_fails);
+    let config = Config::default().connect_timeout(CLIENT_TIMEOUT);
+    let no_bundle = cfg!(not(feature = "webpki-roots"))
+        && !SYSTEM_CA_BUNDLES.iter().any(|p| Path::new(p).is_file());
+    let connector = match Connector::new(Proxy::parse(&url(&proxy)).unwrap(), config) {
+        Ok(connector) => connector,
+        Err(Error::InvalidInput {
+            kind: InvalidInput::TlsMaterial,
+            what,
+            ..
+        }) if no_bundle => {
+            assert!(what.contains(SYSTEM_CA_BUNDLES[0]), "{what}");
+            proxy.assert_no_connection();
+            return;
+        }
+        Err(e) => panic!("connector with the default trust: {e}"),
+    };
+    assert!(!no_bundle, "built a TLS connector with no trust anchors");
+    let source = assert_tls_error(connector.connect(&target()));
     assert!(
         source.to_string().contains("UnknownIssuer"),
         "unexpected reason: {source}"
