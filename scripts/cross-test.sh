@@ -28,7 +28,7 @@ cd "$(dirname "$0")/.."
 ALL_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 # Integration tests that need no daemon (scripted proxies in-process) and pass under qemu. A file
 # that does not exist (yet) is skipped with a note.
-TEST_FILES=(reply_shapes early_data split_reply hostile_proxies tls_proxy split_property reconnect
+TEST_FILES=(reply_shapes early_data split_reply hostile_proxies tls_proxy tls_records split_property reconnect
     socket_options type_sizes media_alloc fuzz_corpus)
 # Bounds, in seconds. Generous: the machines are shared and qemu runs code ~5-20x slower.
 BUILD_TIMEOUT=${CROSS_BUILD_TIMEOUT:-1500}
@@ -340,11 +340,11 @@ start_proxy() {
     return 1
 }
 
-# smoke TARGET: the ARM CLI under qemu through the python proxy. Prints failures, returns 1 on any.
+# smoke TARGET [BIN]: the ARM CLI (default: the target's debug build) under qemu through the
+# python proxy. Prints failures, returns 1 on any.
 smoke() {
-    local target=$1 bin rc ok=0 qemu
+    local target=$1 bin=${2:-$CARGO_TARGET_DIR/$1/debug/connect-tunnel} rc ok=0 qemu
     read -ra qemu <<<"$(qemu_for "$target")"
-    bin="$CARGO_TARGET_DIR/$target/debug/connect-tunnel"
     head -c 1048576 /dev/urandom >"$SMOKE_DIR/in"
 
     rc=0
@@ -447,6 +447,37 @@ for target in "${TARGETS[@]}"; do
     RESULT[$target]="$verdict  (build ${build_s} s, tests ${test_s} s, CLI ${smoke_s} s; tests $([ -n "$tests_ok" ] && echo ok || echo FAILED), CLI $([ -n "$smoke_ok" ] && echo ok || echo FAILED))
 $results"
 done
+
+# The armv7 firmware CLI in Thumb-2 (what scripts/size-report.sh measures for the smallest
+# 32-bit build; `cross` users build it as thumbv7neon-unknown-linux-gnueabihf): built with
+# `-C target-feature=+thumb-mode` in its own target dir, then the same CLI checks under qemu.
+THUMB_TARGET=armv7-unknown-linux-gnueabihf
+if [[ " ${TARGETS[*]} " == *" $THUMB_TARGET "* ]]; then
+    t0=$SECONDS
+    log "$THUMB_TARGET in Thumb-2: firmware CLI build (target/cross-thumb), CLI end to end"
+    thumb_dir="$(dirname "$CARGO_TARGET_DIR")/cross-thumb"
+    thumb_ok=""
+    if CARGO_TARGET_DIR="$thumb_dir" \
+        CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="-C target-feature=+thumb-mode" \
+        timeout "$BUILD_TIMEOUT" cargo build --profile firmware --target "$THUMB_TARGET" \
+        --bin connect-tunnel >"$LOG_DIR/thumb-build.log" 2>&1; then
+        if start_proxy && smoke "$THUMB_TARGET" "$thumb_dir/$THUMB_TARGET/firmware/connect-tunnel"; then
+            thumb_ok=1
+        fi
+        kill "$PROXY_PID" 2>/dev/null || true
+        wait "$PROXY_PID" 2>/dev/null || true
+        PROXY_PID=""
+    else
+        tail -n 40 "$LOG_DIR/thumb-build.log"
+    fi
+    if [ -n "$thumb_ok" ]; then
+        RESULT[thumb]="ok  ($((SECONDS - t0)) s; firmware CLI, Thumb-2)"
+    else
+        RESULT[thumb]="FAILED  (log: $LOG_DIR/thumb-build.log)"
+        status=1
+    fi
+    TARGETS+=(thumb)
+fi
 
 echo
 log "summary (total $((SECONDS - start)) s; logs in $LOG_DIR)"

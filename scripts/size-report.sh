@@ -3,7 +3,8 @@
 # size-optimised `firmware` profile (opt-level z, fat LTO, 1 codegen unit, panic=abort, strip)
 # and the plain `release` profile for comparison, plus the firmware CLI without the bundled
 # Mozilla roots (`--no-default-features --features cli,tls`: default trust is the system's CA
-# bundle). Prints a Markdown table and writes it to target/size-report.md.
+# bundle), and the armv7 firmware CLI in Thumb-2. Prints a Markdown table and writes it to
+# target/size-report.md.
 #
 #   scripts/size-report.sh                  both profiles (cold: ~16 CPU-minutes for 12 builds)
 #   scripts/size-report.sh --firmware-only  the firmware profile only
@@ -121,6 +122,29 @@ for target in "${TARGETS[@]}"; do
     SIZE["connect-tunnel-no-roots/firmware/$target"]=$(stat -c %s "$out")
 done
 
+# The armv7 firmware CLI in Thumb-2 (default features): the same ARMv7-A + NEON target, code in
+# the 16/32-bit Thumb-2 encoding. `cross` users get it with `--target
+# thumbv7neon-unknown-linux-gnueabihf`; Debian's rustc ships std for armv7 only, so here the
+# armv7 target compiles with `-C target-feature=+thumb-mode`, and fat LTO compiles std's code
+# the same way. Own target dir: the flag would otherwise rebuild the armv7 artifacts above.
+THUMB_DIR="$PWD/target/cross-thumb"
+t0=$SECONDS
+log "building connect-tunnel for armv7 in Thumb-2, profile firmware (target/cross-thumb)"
+if ! CARGO_TARGET_DIR="$THUMB_DIR" \
+    CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="-C target-feature=+thumb-mode" \
+    timeout "$BUILD_TIMEOUT" cargo build --profile firmware \
+    --target armv7-unknown-linux-gnueabihf --bin connect-tunnel \
+    >"$CARGO_TARGET_DIR/size-thumb.log" 2>&1; then
+    tail -n 40 "$CARGO_TARGET_DIR/size-thumb.log"
+    log "build FAILED (armv7 Thumb-2 firmware CLI)"
+    exit 1
+fi
+log "armv7 Thumb-2 firmware CLI built in $((SECONDS - t0)) s"
+out="$STRIPPED/connect-tunnel-armv7-firmware-thumb"
+cp "$THUMB_DIR/armv7-unknown-linux-gnueabihf/firmware/connect-tunnel" "$out"
+arm-linux-gnueabihf-strip "$out"
+SIZE["connect-tunnel-thumb/firmware/armv7-unknown-linux-gnueabihf"]=$(stat -c %s "$out")
+
 # The newest glibc symbol version a binary needs: the oldest glibc it runs on.
 glibc_needed() {
     local objdump
@@ -156,6 +180,8 @@ report="$PWD/target/size-report.md"
                 row="$row $(cell "${SIZE["connect-tunnel-no-roots/firmware/$target"]}") |"
             done
             echo "$row"
+            thumb=${SIZE["connect-tunnel-thumb/firmware/armv7-unknown-linux-gnueabihf"]}
+            echo "| \`connect-tunnel\`, armv7 in Thumb-2 (thumbv7neon) | firmware | – | – | $(cell "$thumb") |"
         fi
     done
     echo
@@ -170,11 +196,12 @@ cat "$report"
 echo
 log "written to target/size-report.md"
 
-for variant in connect-tunnel connect-tunnel-no-roots; do
+for variant in connect-tunnel connect-tunnel-no-roots connect-tunnel-thumb; do
     what="the armv7 firmware CLI"
-    if [ "$variant" = connect-tunnel-no-roots ]; then
-        what="$what without bundled roots"
-    fi
+    case "$variant" in
+        connect-tunnel-no-roots) what="$what without bundled roots" ;;
+        connect-tunnel-thumb) what="$what in Thumb-2" ;;
+    esac
     armv7_cli=${SIZE["$variant/firmware/armv7-unknown-linux-gnueabihf"]}
     if [ "$armv7_cli" -gt "$BUDGET_BYTES" ]; then
         log "note: $what is $armv7_cli bytes, over the $BUDGET_BYTES-byte budget"
