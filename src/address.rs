@@ -41,8 +41,8 @@ impl Credentials {
         if user.contains(':') {
             return Err(Error::invalid(
                 Phase::BuildConnect,
-                InvalidInput::HeaderSyntax,
-                "proxy user (contains ':')",
+                InvalidInput::UserName,
+                "proxy user",
             ));
         }
         Ok(Credentials {
@@ -466,6 +466,22 @@ mod tests {
         assert_eq!((c.user(), c.password()), ("user", "pa:ss"));
         assert!(Credentials::new("u", "p\n").is_err());
         assert!(Credentials::new("u\0", "p").is_err());
-        assert!(Credentials::new("a:b", "p").is_err());
+        let e = Credentials::new("a:b", "p").unwrap_err();
+        assert!(matches!(
+            e,
+            Error::InvalidInput {
+                kind: InvalidInput::UserName,
+                ..
+            }
+        ));
+        assert_eq!(
+            e.to_string(),
+            "build CONNECT: invalid proxy user: a user name cannot contain ':' in Basic \
+             authentication"
+        );
+        // A percent-encoded ':' in a URL's user name is refused the same way.
+        let e = Proxy::parse("http://u%3Ax:p@proxy").unwrap_err();
+        assert!(e.to_string().contains("cannot contain ':'"), "{e}");
+        assert!(!e.to_string().contains("Name: value"), "{e}");
     }
 }

@@ -221,7 +221,9 @@ impl Config {
 
     /// `TCP_USER_TIMEOUT` on Linux: unacknowledged data older than this drops the connection,
     /// so a dead peer surfaces as an error within the bound. Defaults to `None` (the kernel's
-    /// retransmission limits, many minutes). Ignored on other systems.
+    /// retransmission limits, many minutes). Ignored on other systems. From 1 ms to
+    /// 2147483.647 s (`i32::MAX` ms, the kernel's limit); [`Connector::new`](crate::Connector::new)
+    /// refuses other values ([`InvalidInput::SocketOption`](crate::InvalidInput::SocketOption)).
     ///
     /// Linux also counts the time during which the peer advertises a closed receive window
     /// (data waits unsent because of a zero window; tcp(7)): a peer that is alive but stops

@@ -69,13 +69,17 @@ pub enum InvalidInput {
     HeaderSyntax,
     /// The request does not fit the fixed request buffer.
     RequestTooLarge,
-    /// A certificate, key or CA file could not be read or holds no usable PEM item.
+    /// A certificate, key or CA file holds no usable PEM item (a file that cannot be read at
+    /// all is [`Error::TlsFile`], which names it).
     TlsMaterial,
     /// TLS was asked for, but this build of the crate has no `tls` feature.
     TlsUnavailable,
     /// A socket option is out of the range the system accepts (keepalive idle time 1–32767 s,
-    /// user timeout 1 ms – 49 days).
+    /// user timeout 1 ms – 2147483.647 s, `i32::MAX` ms).
     SocketOption,
+    /// A proxy user name contains `:`, which Basic authentication (`user:password`) cannot
+    /// carry.
+    UserName,
 }
 
 impl InvalidInput {
@@ -91,6 +95,7 @@ impl InvalidInput {
             InvalidInput::TlsMaterial => "unusable TLS certificate, key or CA file",
             InvalidInput::TlsUnavailable => "this build has no TLS support",
             InvalidInput::SocketOption => "socket option out of range",
+            InvalidInput::UserName => "a user name cannot contain ':' in Basic authentication",
         }
     }
 }
@@ -137,6 +142,19 @@ pub enum Error {
         kind: InvalidInput,
         /// Which input it was (never its value: it may be a secret).
         what: &'static str,
+    },
+    /// A certificate, key or CA file could not be read: missing, unreadable, or larger than
+    /// [`MAX_PEM_FILE_SIZE`](crate::MAX_PEM_FILE_SIZE) (phase: acquire addresses). What a file
+    /// that was read holds is checked afterwards: malformed or unusable content is
+    /// [`InvalidInput::TlsMaterial`].
+    TlsFile {
+        /// Which file it was (`CA file`, `client certificate`, `client key`, `system CA
+        /// bundle`).
+        what: &'static str,
+        /// The file's path.
+        path: std::path::PathBuf,
+        /// The system's error, or one of kind `InvalidData` for a file over the size limit.
+        source: io::Error,
     },
     /// The proxy's host name did not resolve (phase: acquire addresses).
     Resolve {
@@ -212,7 +230,7 @@ impl Error {
     pub fn phase(&self) -> Phase {
         match self {
             Error::InvalidInput { phase, .. } => *phase,
-            Error::Resolve { .. } => Phase::AcquireAddresses,
+            Error::TlsFile { .. } | Error::Resolve { .. } => Phase::AcquireAddresses,
             Error::Connect { .. } | Error::Tls { .. } => Phase::Write,
             Error::TargetTls { .. } => Phase::HandOff,
             Error::Timeout { phase } | Error::Io { phase, .. } => *phase,
@@ -230,7 +248,7 @@ impl Error {
     /// 6 invalid/oversize/truncated reply, 7 deadline passed, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::InvalidInput { .. } => 2,
+            Error::InvalidInput { .. } | Error::TlsFile { .. } => 2,
             Error::Resolve { .. }
             | Error::Connect { .. }
             | Error::Tls { .. }
@@ -253,6 +271,9 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidInput { phase, kind, what } => {
                 write!(f, "{phase}: invalid {what}: {}", kind.describe())
+            }
+            Error::TlsFile { what, path, source } => {
+                write!(f, "acquire addresses: {what} {}: {source}", path.display())
             }
             Error::Resolve { host, source } => {
                 write!(
@@ -304,7 +325,8 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Resolve { source, .. }
+            Error::TlsFile { source, .. }
+            | Error::Resolve { source, .. }
             | Error::Connect { source, .. }
             | Error::Tls { source }
             | Error::TargetTls { source }
@@ -319,7 +341,7 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         let kind = match &e {
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
-            Error::InvalidInput { .. } => io::ErrorKind::InvalidInput,
+            Error::InvalidInput { .. } | Error::TlsFile { .. } => io::ErrorKind::InvalidInput,
             Error::Auth { .. } | Error::Refused { .. } => io::ErrorKind::ConnectionRefused,
             _ => io::ErrorKind::Other,
         };

@@ -69,7 +69,8 @@ pub use reply::{
 pub use request::{encode_connect, ConnectRequest, Header, REQUEST_CAPACITY};
 pub use retry::{Backoff, Retry};
 pub use transport::{
-    ClientCert, SocketOptions, TlsOptions, TrustAnchors, SYSTEM_CA_BUNDLES, TLS_IO_CHUNK,
+    ClientCert, SocketOptions, TlsOptions, TrustAnchors, MAX_PEM_FILE_SIZE, SYSTEM_CA_BUNDLES,
+    TLS_IO_CHUNK,
 };
 pub use tunnel::{
     establish, Connector, Established, StreamHandler, Tunnel, TunnelReader, TunnelWriter,

@@ -27,7 +27,7 @@ impl Error {
     /// 4xx and certificate problems are not.
     pub fn retry(&self) -> Retry {
         match self {
-            Error::InvalidInput { .. } | Error::Auth { .. } => Retry::Never,
+            Error::InvalidInput { .. } | Error::TlsFile { .. } | Error::Auth { .. } => Retry::Never,
             Error::Refused { status, .. } => match status {
                 408 | 429 | 500..=599 => Retry::Later,
                 _ => Retry::Never,
@@ -249,6 +249,11 @@ mod tests {
                 phase: Phase::BuildConnect,
                 kind: InvalidInput::ForbiddenByte,
                 what: "x",
+            },
+            Error::TlsFile {
+                what: "CA file",
+                path: "/nonexistent".into(),
+                source: io::Error::from(io::ErrorKind::NotFound),
             },
         ];
         for e in never {

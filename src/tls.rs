@@ -8,6 +8,7 @@
 //! order.
 
 use std::io::{self, Read, Write};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,11 +18,34 @@ use rustls::ClientConnection;
 
 use crate::error::{Error, InvalidInput, Phase};
 use crate::transport::{
-    io_error, remaining, ClientCert, Sink, Source, TlsOptions, TrustAnchors, TLS_IO_CHUNK,
+    io_error, remaining, ClientCert, Sink, Source, TlsOptions, TrustAnchors, MAX_PEM_FILE_SIZE,
+    TLS_IO_CHUNK,
 };
 
 fn tls_material(what: &'static str) -> Error {
     Error::invalid(Phase::AcquireAddresses, InvalidInput::TlsMaterial, what)
+}
+
+/// Reads a PEM file whole, through [`Read::take`] so that at most [`MAX_PEM_FILE_SIZE`] + 1
+/// bytes are read: a missing or unreadable file, or one over the limit (`/dev/zero` included),
+/// is an [`Error::TlsFile`] naming `what` and the path.
+fn read_pem_file(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
+    let fail = |source| Error::TlsFile {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_PEM_FILE_SIZE + 1).read_to_end(&mut pem))
+        .map_err(fail)?;
+    if pem.len() as u64 > MAX_PEM_FILE_SIZE {
+        return Err(fail(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_PEM_FILE_SIZE} bytes, the most a PEM file may hold"),
+        )));
+    }
+    Ok(pem)
 }
 
 /// Builds the rustls client configuration (ring provider) once, for every connection.
@@ -35,9 +59,8 @@ pub(crate) fn client_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfi
         match &opts.trust {
             TrustAnchors::WebPki => default_roots(&mut roots)?,
             TrustAnchors::PemFile(path) => {
-                let certs =
-                    CertificateDer::pem_file_iter(path).map_err(|_| tls_material("CA file"))?;
-                add_roots(&mut roots, certs)?;
+                let pem = read_pem_file(path, "CA file")?;
+                add_roots(&mut roots, CertificateDer::pem_slice_iter(&pem))?;
             }
             TrustAnchors::Pem(pem) => {
                 add_roots(&mut roots, CertificateDer::pem_slice_iter(pem))?;
@@ -55,11 +78,11 @@ pub(crate) fn client_config(opts: &TlsOptions) -> Result<Arc<rustls::ClientConfi
             let bad_cert = |_| tls_material("client certificate");
             let (chain, key) = match client {
                 ClientCert::Files { cert, key } => (
-                    CertificateDer::pem_file_iter(cert)
-                        .map_err(bad_cert)?
+                    CertificateDer::pem_slice_iter(&read_pem_file(cert, "client certificate")?)
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(bad_cert)?,
-                    PrivateKeyDer::from_pem_file(key).map_err(|_| tls_material("client key"))?,
+                    PrivateKeyDer::from_pem_slice(&read_pem_file(key, "client key")?)
+                        .map_err(|_| tls_material("client key"))?,
                 ),
                 ClientCert::Pem { cert, key } => (
                     CertificateDer::pem_slice_iter(cert)
@@ -109,8 +132,9 @@ const BAD_SYSTEM_CA_BUNDLE: &str = "default trust: system CA bundle (the first o
     that exists) could not be read or holds no usable certificate";
 
 /// Adds the certificates of the first file in `candidates` that exists (as curl picks its CA
-/// bundle) and returns its path. None existing, an unreadable file, malformed PEM or no usable
-/// certificate is a [`InvalidInput::TlsMaterial`] error that says so. Certificates the
+/// bundle) and returns its path. None existing, malformed PEM or no usable certificate is a
+/// [`InvalidInput::TlsMaterial`] error that says so; a file that cannot be read or is over
+/// [`MAX_PEM_FILE_SIZE`] is an [`Error::TlsFile`] naming it. Certificates the
 /// verifier cannot use as trust anchors are skipped, as every TLS client does with system
 /// bundles: that trusts fewer roots, never more.
 #[cfg(any(test, not(feature = "webpki-roots")))]
@@ -123,8 +147,9 @@ fn system_roots<'a>(
         .copied()
         .find(|path| path.is_file())
         .ok_or_else(|| tls_material(NO_SYSTEM_CA_BUNDLE))?;
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let pem = read_pem_file(path, "system CA bundle")?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|_| tls_material(BAD_SYSTEM_CA_BUNDLE))?;
     let (added, skipped) = roots.add_parsable_certificates(certs);
     if added == 0 {
@@ -249,6 +274,110 @@ mod default_trust_tests {
             assert_eq!(what, BAD_SYSTEM_CA_BUNDLE, "{name}");
             assert!(roots.is_empty(), "{name}");
         }
+    }
+
+    /// The `Error::TlsFile` in `result`, checked to name `what` and `path`; returns its source.
+    fn tls_file_error<T: std::fmt::Debug>(
+        result: Result<T, Error>,
+        what: &str,
+        path: &Path,
+    ) -> io::Error {
+        match result {
+            Err(e @ Error::TlsFile { .. }) => {
+                let shown = e.to_string();
+                assert!(shown.contains(&path.display().to_string()), "{shown}");
+                assert_eq!(e.exit_code(), 2);
+                let Error::TlsFile {
+                    what: got,
+                    path: got_path,
+                    source,
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!((got, got_path.as_path()), (what, path));
+                source
+            }
+            other => panic!("expected a TlsFile error, got {other:?}"),
+        }
+    }
+
+    fn trusting(path: &Path) -> TlsOptions {
+        TlsOptions {
+            trust: TrustAnchors::PemFile(path.to_owned()),
+            ..TlsOptions::default()
+        }
+    }
+
+    /// A missing file is named, with the system's error.
+    #[test]
+    fn a_missing_file_is_named_with_the_os_error() {
+        let dir = TempDir::new("missing-pem");
+        let missing = dir.0.join("nonexistent.pem");
+        let source = tls_file_error(client_config(&trusting(&missing)), "CA file", &missing);
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
+        let shown = client_config(&trusting(&missing)).unwrap_err().to_string();
+        assert!(shown.contains("os error"), "{shown}");
+    }
+
+    /// Every PEM file is read up to `MAX_PEM_FILE_SIZE`: one byte more is refused, naming the
+    /// file, whichever role it has; exactly the limit is read.
+    #[test]
+    fn pem_files_over_the_size_limit_are_refused() {
+        let dir = TempDir::new("big-pem");
+        let limit = MAX_PEM_FILE_SIZE as usize;
+        let ca = ca_pem("big");
+        let padded = |len: usize| {
+            let mut pem = ca.clone().into_bytes();
+            pem.resize(len, b'\n');
+            pem
+        };
+        let exact = dir.file("exact.pem", &padded(limit));
+        client_config(&trusting(&exact)).expect("a CA file of exactly the limit");
+        let big = dir.file("big.pem", &padded(limit + 1));
+        let source = tls_file_error(client_config(&trusting(&big)), "CA file", &big);
+        assert_eq!(source.kind(), io::ErrorKind::InvalidData);
+        assert!(source.to_string().contains("1048576"), "{source}");
+
+        let mut roots = rustls::RootCertStore::empty();
+        tls_file_error(system_roots(&mut roots, &[&big]), "system CA bundle", &big);
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["device".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert = dir.file("cert.pem", cert.pem().as_bytes());
+        let key = dir.file("key.pem", key.serialize_pem().as_bytes());
+        let with_client = |cert: &Path, key: &Path| {
+            client_config(&TlsOptions {
+                client_cert: Some(ClientCert::Files {
+                    cert: cert.to_owned(),
+                    key: key.to_owned(),
+                }),
+                verify: false,
+                ..TlsOptions::default()
+            })
+        };
+        with_client(&cert, &key).expect("a small client certificate and key");
+        tls_file_error(with_client(&big, &key), "client certificate", &big);
+        tls_file_error(with_client(&cert, &big), "client key", &big);
+    }
+
+    /// A file that never ends is refused after the limit, not read until memory runs out.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_that_never_ends_is_refused() {
+        let zero = Path::new("/dev/zero");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(client_config(&trusting(zero)).map(drop));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("still reading /dev/zero after 20 s");
+        let source = tls_file_error(result, "CA file", zero);
+        assert_eq!(source.kind(), io::ErrorKind::InvalidData);
     }
 
     /// Built with the Mozilla roots: the default trust is exactly those.

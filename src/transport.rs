@@ -48,7 +48,8 @@ pub struct SocketOptions {
 
 impl SocketOptions {
     /// Refuses values the kernel would reject at connect time, so they are reported as input
-    /// errors up front: keepalive idle time 1–32767 s, user timeout 1 ms – `u32::MAX` ms.
+    /// errors up front: keepalive idle time 1–32767 s, user timeout 1 ms – `i32::MAX` ms
+    /// (`TCP_USER_TIMEOUT` is a C `int`; about 24.8 days).
     pub(crate) fn check(&self) -> Result<(), Error> {
         let bad = |what| {
             Err(Error::invalid(
@@ -63,14 +64,17 @@ impl SocketOptions {
             }
         }
         if let Some(t) = self.user_timeout {
-            if !(Duration::from_millis(1)..=Duration::from_millis(u64::from(u32::MAX))).contains(&t)
-            {
+            if !(Duration::from_millis(1)..=MAX_USER_TIMEOUT).contains(&t) {
                 return bad("user timeout");
             }
         }
         Ok(())
     }
 }
+
+/// The longest [`SocketOptions::user_timeout`] the kernel accepts: `TCP_USER_TIMEOUT` takes a
+/// C `int` of milliseconds, so `i32::MAX` ms (2147483.647 s, about 24.8 days).
+const MAX_USER_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 impl Default for SocketOptions {
     fn default() -> Self {
@@ -94,6 +98,12 @@ pub const SYSTEM_CA_BUNDLES: [&str; 3] = [
     "/etc/pki/tls/certs/ca-bundle.crt",
     "/etc/ssl/cert.pem",
 ];
+
+/// The largest certificate, key or CA file (PEM) the crate reads, in bytes: 1 MiB, five times
+/// a full system CA bundle (Debian's `/etc/ssl/certs/ca-certificates.crt` is about 220 KB). A
+/// larger file, or one that never ends (`/dev/zero`), is refused with [`Error::TlsFile`]
+/// naming it, after reading at most this much plus one byte.
+pub const MAX_PEM_FILE_SIZE: u64 = 1024 * 1024;
 
 /// Which certificate authorities the client trusts for the proxy's certificate (or the
 /// target's, for TLS inside the tunnel).
@@ -471,6 +481,46 @@ impl WriteSide {
             WriteSide::Plain(s) => s.set_write_timeout(t),
             #[cfg(feature = "tls")]
             WriteSide::Tls(shared) => shared.set_write_timeout(t),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `TCP_USER_TIMEOUT` is a C `int` of milliseconds: values up to `i32::MAX` ms pass, larger
+    /// ones (which the kernel would refuse at connect time) are input errors up front.
+    #[test]
+    fn user_timeout_is_checked_against_the_kernels_int() {
+        let check = |t: Duration| {
+            SocketOptions {
+                user_timeout: Some(t),
+                ..SocketOptions::default()
+            }
+            .check()
+        };
+        for ok in [
+            Duration::from_millis(1),
+            Duration::from_secs(30),
+            Duration::from_millis(i32::MAX as u64),
+        ] {
+            assert!(check(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            Duration::from_millis(i32::MAX as u64 + 1),
+            Duration::from_millis(u64::from(u32::MAX)),
+        ] {
+            match check(bad) {
+                Err(Error::InvalidInput {
+                    kind: InvalidInput::SocketOption,
+                    what: "user timeout",
+                    ..
+                }) => {}
+                other => panic!("{bad:?}: {other:?}"),
+            }
         }
     }
 }

@@ -11,6 +11,15 @@ use std::time::Duration;
 
 use connect_tunnel::{Config, Connector, Credentials, Error, Proxy, Target};
 
+/// Prints one diagnostic line on stderr, like `eprintln!`, but ignores a failed write (a
+/// closed pipe, say) instead of panicking: a reader that went away must not kill the process,
+/// a relay thread or, with `panic = abort`, the whole forwarder.
+macro_rules! diag {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr().lock(), $($arg)*);
+    }};
+}
+
 const USAGE: &str = "\
 Usage: connect-tunnel [OPTIONS] <TARGET>
 
@@ -38,13 +47,14 @@ Options:
       --key <FILE>             its private key (PEM)
   -k, --insecure               do not verify the target's certificate (implies --tls; warns)
       --connect-timeout <SECS> deadline for resolve + connect + TLS + CONNECT exchange
-                               (default 30)
+                               (default 30; below 1000000000)
       --dscp <0-63>            DSCP marking for the packets to the proxy (46 = EF, voice)
-      --keepalive <SECS>       TCP keepalive idle time (default 30; 0 turns it off)
-      --user-timeout <SECS>    drop the connection when sent data stays unacknowledged this
-                               long (TCP_USER_TIMEOUT; dead-peer detection). Linux counts a
-                               peer's closed receive window too: set it above the longest
-                               time the far end may stop reading
+      --keepalive <SECS>       TCP keepalive idle time, 1-32767 (default 30; 0 turns it off)
+      --user-timeout <SECS>    0.001-2147483.647: drop the connection when sent data stays
+                               unacknowledged this long (TCP_USER_TIMEOUT; dead-peer
+                               detection). Linux counts a peer's closed receive window
+                               too: set it above the longest time the far end may stop
+                               reading
       --buffer-size <BYTES>    relay buffer per direction and tunnel (default 65536;
                                1024-1048576): bytes moved per system call
   -l, --listen <ADDR>          forward mode: accept local TCP connections on ADDR and open
@@ -56,6 +66,8 @@ Options:
   -v, --verbose                log phases to stderr (-vv for more); never a password or token
   -h, --help                   print this help
   -V, --version                print the version
+
+Certificate, key and CA files are read up to 1 MiB; a larger one is refused.
 
 Exit codes: 0 success; 1 the tunnel failed after it opened; 2 usage or invalid input;
 3 proxy unreachable (name, TCP or TLS failure) or TLS to the target failed;
@@ -106,7 +118,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("connect-tunnel: {}", f.message);
+            diag!("connect-tunnel: {}", f.message);
             ExitCode::from(f.code)
         }
     }
@@ -119,12 +131,10 @@ fn run() -> Result<(), Fail> {
     };
     init_logging(opts.verbosity);
     if opts.insecure {
-        eprintln!(
-            "connect-tunnel: warning: --proxy-insecure: the proxy's certificate is NOT verified"
-        );
+        diag!("connect-tunnel: warning: --proxy-insecure: the proxy's certificate is NOT verified");
     }
     if opts.target_insecure {
-        eprintln!("connect-tunnel: warning: --insecure: the target's certificate is NOT verified");
+        diag!("connect-tunnel: warning: --insecure: the target's certificate is NOT verified");
     }
     let (proxy, direct) = match opts.proxy {
         Some(p) => (p, false),
@@ -189,11 +199,12 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
         };
         match name {
             "-h" | "--help" => {
-                print!("{USAGE}");
+                // Like diagnostics, a closed standard output is no reason to panic.
+                let _ = io::stdout().write_all(USAGE.as_bytes());
                 return Ok(None);
             }
             "-V" | "--version" => {
-                println!("connect-tunnel {}", env!("CARGO_PKG_VERSION"));
+                let _ = writeln!(io::stdout(), "connect-tunnel {}", env!("CARGO_PKG_VERSION"));
                 return Ok(None);
             }
             "-x" | "--proxy" => proxy_url = Some(value(name)?),
@@ -219,8 +230,30 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
                         .ok_or_else(|| Fail::usage(format!("--dscp: not 0-63: {v}")))?,
                 );
             }
-            "--keepalive" => keepalive = Some(seconds(name, &value(name)?, true)?),
-            "--user-timeout" => user_timeout = Some(seconds(name, &value(name)?, false)?),
+            "--keepalive" => {
+                let v = value(name)?;
+                keepalive = Some(
+                    seconds(name, &v, true)
+                        .ok()
+                        .filter(|d| d.is_zero() || KEEPALIVE_RANGE.contains(d))
+                        .ok_or_else(|| {
+                            Fail::usage(format!("--keepalive: not 0 (off) or 1-32767 seconds: {v}"))
+                        })?,
+                );
+            }
+            "--user-timeout" => {
+                let v = value(name)?;
+                user_timeout = Some(
+                    seconds(name, &v, false)
+                        .ok()
+                        .filter(|d| USER_TIMEOUT_RANGE.contains(d))
+                        .ok_or_else(|| {
+                            Fail::usage(format!(
+                                "--user-timeout: not 0.001-2147483.647 seconds: {v}"
+                            ))
+                        })?,
+                );
+            }
             "-l" | "--listen" => listen = Some(value(name)?),
             "--drain-timeout" => drain = seconds(name, &value(name)?, true)?,
             "--no-half-close" => half_close = false,
@@ -319,11 +352,25 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
     }))
 }
 
+/// `--keepalive` values other than 0 (off): the idle times Linux accepts for `TCP_KEEPIDLE`.
+const KEEPALIVE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(32767);
+/// `--user-timeout` values: `TCP_USER_TIMEOUT` is a C `int` of milliseconds, at least 1.
+const USER_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_millis(i32::MAX as u64);
+
 /// A number of seconds from option `name`: decimal digits with an optional fraction (`30`,
 /// `0.5`, `.25`), below 10^9, to the nanosecond (further digits are dropped); zero only when
-/// `zero_ok`. Parsed by hand: floating-point parsing would add ~17 KB to the firmware binary.
+/// `zero_ok`, and then only written as zero (`0`, `0.0`): a value that rounds down to zero
+/// (`0.0000000001`) is refused rather than taken as zero. Parsed by hand: floating-point parsing
+/// would add ~17 KB to the firmware binary.
 fn seconds(name: &str, v: &str, zero_ok: bool) -> Result<Duration, Fail> {
-    let bad = || Fail::usage(format!("{name}: not a valid number of seconds: {v}"));
+    let bad = || {
+        let least = if zero_ok { "0" } else { "0.000000001" };
+        Fail::usage(format!(
+            "{name}: not a number of seconds from {least} to 999999999.999999999: {v}"
+        ))
+    };
     let (whole, fraction) = v.split_once('.').unwrap_or((v, ""));
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
@@ -339,7 +386,8 @@ fn seconds(name: &str, v: &str, zero_ok: bool) -> Result<Duration, Fail> {
         .take(9)
         .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
     let d = Duration::new(secs, nanos);
-    if secs >= 1_000_000_000 || (d.is_zero() && !zero_ok) {
+    let written_zero = v.bytes().all(|b| b == b'0' || b == b'.');
+    if secs >= 1_000_000_000 || (d.is_zero() && !(zero_ok && written_zero)) {
         return Err(bad());
     }
     Ok(d)
@@ -572,7 +620,7 @@ fn forward_mode(dial: Arc<Dial>, addr: &str, relay: Relay, drain: Duration) -> R
     let stopping = Arc::new(AtomicBool::new(false));
     watch_signals(stopping.clone(), local)?;
     let live = Arc::new(AtomicUsize::new(0));
-    eprintln!("connect-tunnel: listening on {local}");
+    diag!("connect-tunnel: listening on {local}");
     for conn in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             break;
@@ -590,33 +638,56 @@ fn forward_mode(dial: Arc<Dial>, addr: &str, relay: Relay, drain: Duration) -> R
             log::warn!("accept: {MAX_TUNNELS} tunnels open already; closing the new connection");
             continue;
         }
-        live.fetch_add(1, Ordering::SeqCst);
-        let (dial, live) = (dial.clone(), live.clone());
-        std::thread::spawn(move || {
+        let slot = Slot::take(&live);
+        let dial = dial.clone();
+        let spawned = std::thread::Builder::new().spawn(move || {
+            // Released when the thread ends, however it ends (a panic included).
+            let _slot = slot;
             let peer = client
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
             if let Err(f) = forward_one(&dial, client, relay) {
-                eprintln!("connect-tunnel: {peer}: {}", f.message);
+                diag!("connect-tunnel: {peer}: {}", f.message);
             }
-            live.fetch_sub(1, Ordering::SeqCst);
         });
+        if let Err(e) = spawned {
+            // The closure, its slot and the local connection are dropped: the slot is free.
+            log::warn!("accept: cannot start a tunnel thread: {e}");
+        }
     }
     drop(listener);
     let deadline = std::time::Instant::now() + drain;
     let mut open = live.load(Ordering::SeqCst);
     if open > 0 {
-        eprintln!("connect-tunnel: stopping: waiting up to {drain:?} for {open} tunnel(s)");
+        diag!("connect-tunnel: stopping: waiting up to {drain:?} for {open} tunnel(s)");
     }
     while open > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         open = live.load(Ordering::SeqCst);
     }
     if open > 0 {
-        eprintln!("connect-tunnel: stopping: closing {open} tunnel(s) still open");
+        diag!("connect-tunnel: stopping: closing {open} tunnel(s) still open");
     }
     Ok(())
+}
+
+/// One of forward mode's [`MAX_TUNNELS`] live-tunnel slots, taken from the shared count and
+/// given back when dropped: a tunnel thread that ends in any way, a panic included, cannot
+/// leak its slot.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Slot {
+    fn take(live: &Arc<std::sync::atomic::AtomicUsize>) -> Slot {
+        live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Slot(live.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// On SIGTERM or SIGINT, sets `stopping` and wakes the accept loop with a connection to its
@@ -664,13 +735,15 @@ fn forward_one(dial: &Dial, client: TcpStream, relay: Relay) -> Result<(), Fail>
     let client_in = client.try_clone().map_err(io_fail)?;
     // Local side -> tunnel. If the local side fails (a reset), the tunnel is torn down so the
     // other direction ends too instead of waiting on the target.
-    let up = std::thread::spawn(move || {
-        let sent = pump(client_in, &mut writer, relay.buffer_size, relay.half_close);
-        if sent.is_err() {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
-        sent
-    });
+    let up = std::thread::Builder::new()
+        .spawn(move || {
+            let sent = pump(client_in, &mut writer, relay.buffer_size, relay.half_close);
+            if sent.is_err() {
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+            sent
+        })
+        .map_err(io_fail)?;
     let mut client_out = client;
     let down = match pump(reader, &mut client_out, relay.buffer_size, true) {
         Err(e) if proxy_ended_tls_uncleanly(&e, target_tls) => {
@@ -701,7 +774,7 @@ impl log::Log for StderrLog {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            eprintln!(
+            diag!(
                 "connect-tunnel: {}: {}",
                 record.level().as_str().to_ascii_lowercase(),
                 record.args()
@@ -757,12 +830,73 @@ mod tests {
             &["--buffer-size", "1023", "h:1"],
             &["--buffer-size", "1048577", "h:1"],
             &["--buffer-size", "64k", "h:1"],
+            &["--keepalive", "0.5", "h:1"],
+            &["--keepalive", "32768", "h:1"],
+            &["--keepalive", "0.0000000001", "h:1"],
+            &["--user-timeout", "0.0009", "h:1"],
+            &["--user-timeout", "2147483.648", "h:1"],
+            &["--user-timeout", "4294967.295", "h:1"],
+            &["--connect-timeout", "1000000000", "h:1"],
+            &["--drain-timeout", "0.0000000001", "h:1"],
         ] {
             match parse_args(&args(bad)) {
                 Err(f) => assert_eq!(f.code, 2, "{bad:?}"),
                 Ok(_) => panic!("{bad:?} accepted"),
             }
         }
+    }
+
+    /// A refused value's message names the option and the range it takes.
+    #[test]
+    fn range_errors_name_the_option_and_its_range() {
+        let message = |list: &[&str]| match parse_args(&args(list)) {
+            Err(f) => f.message,
+            Ok(_) => panic!("{list:?} accepted"),
+        };
+        for v in ["0.5", "32768", "0.0000000001", "x"] {
+            let m = message(&["--keepalive", v, "h:1"]);
+            assert!(
+                m.starts_with("--keepalive: not 0 (off) or 1-32767 seconds: "),
+                "{m}"
+            );
+        }
+        for v in ["0", "2147483.648", "4294967.295"] {
+            let m = message(&["--user-timeout", v, "h:1"]);
+            assert!(
+                m.starts_with("--user-timeout: not 0.001-2147483.647 seconds: "),
+                "{m}"
+            );
+        }
+        let m = message(&["--connect-timeout", "1000000000", "h:1"]);
+        assert!(m.contains("999999999.999999999"), "{m}");
+        assert!(m.starts_with("--connect-timeout: "), "{m}");
+    }
+
+    /// The ends of the keepalive and user-timeout ranges are accepted; 0 turns keepalive off.
+    #[test]
+    fn socket_option_ranges_are_inclusive() {
+        let parse = |list: &[&str]| parse_args(&args(list)).unwrap().unwrap();
+        let ka = |v: &str| {
+            parse(&["--keepalive", v, "h:1"])
+                .config
+                .socket_options()
+                .keepalive
+        };
+        assert_eq!(ka("0"), None);
+        assert_eq!(ka("0.0"), None);
+        assert_eq!(ka("1"), Some(Duration::from_secs(1)));
+        assert_eq!(ka("32767"), Some(Duration::from_secs(32767)));
+        let ut = |v: &str| {
+            parse(&["--user-timeout", v, "h:1"])
+                .config
+                .socket_options()
+                .user_timeout
+        };
+        assert_eq!(ut("0.001"), Some(Duration::from_millis(1)));
+        assert_eq!(
+            ut("2147483.647"),
+            Some(Duration::from_millis(i32::MAX as u64))
+        );
     }
 
     #[test]
@@ -798,6 +932,9 @@ mod tests {
         assert_eq!(ok(".25", false), Ok(Duration::from_millis(250)));
         assert_eq!(ok("10.", false), Ok(Duration::from_secs(10)));
         assert_eq!(ok("0", true), Ok(Duration::ZERO));
+        assert_eq!(ok("0.000", true), Ok(Duration::ZERO));
+        // Not zero as written, zero once rounded to the nanosecond: refused, never "off".
+        assert_eq!(ok("0.0000000001", true), Err(2));
         assert_eq!(ok("1.0000000019", false), Ok(Duration::new(1, 1)));
         assert_eq!(
             ok("999999999.999999999", false),
