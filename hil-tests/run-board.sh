@@ -21,7 +21,11 @@
 #   HIL_PROXY_ACCESS_LOG, HIL_SCENARIOS, HIL_LATENCY_BOUND_MS (100), HIL_HEALTHY_LATENCY_MS
 #   (200), HIL_SSH_OPTS (extra ssh options, e.g. "-J jumphost"), HIL_MANUAL=1 (guided manual
 #   steps where automation is impossible), HIL_PI_EXEC_PREFIX (testing: e.g. qemu-aarch64),
-#   HIL_DRY_RUN=1 (print the commands, run nothing).
+#   HIL_BUILD_TIMEOUT (1800 s per build), HIL_INSTALL=0 (never install the cross toolchain),
+#   HIL_DRY_RUN=1 (print the commands, run nothing; HIL_DRY_ARCH: the Pi's `uname -m` to
+#   pretend, aarch64).
+# Exit status: 0 when no scenario failed (SKIP and MANUAL rows do not fail the run), 1 when one
+# did, 2 when the configuration or the lab is wrong (not every scenario could run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -30,8 +34,9 @@ ALL_SCENARIOS="cli_smoke normal jitter proxy_restart link_cut slow_link proxy_50
 SCENARIOS=${HIL_SCENARIOS:-$ALL_SCENARIOS}
 
 log() { printf '== hil-board: %s\n' "$*"; }
+q() { printf '%q' "$1"; }
 die() {
-    log "ERROR: $*"
+    log "ERROR: $*" >&2
     exit 2
 }
 
@@ -58,13 +63,27 @@ See hil-tests/README.md, "Board mode". HIL_DRY_RUN=1 prints what would run.
 EOF
     exit 2
 fi
-if [ -z "$DRY" ]; then
-    [ -r "$HIL_PI_KEY" ] || die "HIL_PI_KEY=$HIL_PI_KEY is not a readable file"
-fi
+[ -r "$HIL_PI_KEY" ] || die "HIL_PI_KEY=$HIL_PI_KEY is not a readable file"
+[ -z "${HIL_PROXY_KEY:-}" ] || [ -r "$HIL_PROXY_KEY" ] || die "HIL_PROXY_KEY=$HIL_PROXY_KEY is not a readable file"
+[ -z "${HIL_PROXY_CACERT:-}" ] || [ -r "$HIL_PROXY_CACERT" ] ||
+    die "HIL_PROXY_CACERT=$HIL_PROXY_CACERT is not a readable file"
+
+# need_uint NAME VALUE MIN MAX: a whole number in range, or a clear error.
+need_uint() {
+    [[ "$2" =~ ^[0-9]{1,9}$ ]] && [ "$((10#$2))" -ge "$3" ] && [ "$((10#$2))" -le "$4" ] ||
+        die "$1=$2: expected a whole number from $3 to $4"
+}
+# need_hostport NAME VALUE: HOST:PORT or [IPv6]:PORT, no scheme, no path.
+need_hostport() {
+    [[ "$2" =~ ^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]+)$ ]] ||
+        die "$1=$2: expected HOST:PORT (no http://, no path), e.g. 192.168.1.20:5004"
+    need_uint "$1 (port)" "${BASH_REMATCH[2]}" 1 65535
+}
 
 # http(s)://[user[:password]@]host[:port][/]
 url_re='^(https?)://(([^:@/]*)(:([^@/]*))?@)?(\[[^]/]+\]|[^]:@/[]+)(:([0-9]+))?/?$'
-[[ "$HIL_PROXY_URL" =~ $url_re ]] || die "HIL_PROXY_URL=$HIL_PROXY_URL: expected http(s)://[user:password@]host[:port]"
+[[ "$HIL_PROXY_URL" =~ $url_re ]] ||
+    die "HIL_PROXY_URL (not shown: it may hold a password): expected http(s)://[user:password@]host[:port]; percent-encode @ : / % in the user or password (@ is %40)"
 P_SCHEME=${BASH_REMATCH[1]}
 P_USER=${BASH_REMATCH[3]}
 P_PASS_ENC=${BASH_REMATCH[5]}
@@ -73,11 +92,25 @@ P_PORT=${BASH_REMATCH[8]}
 if [ -z "$P_PORT" ]; then
     if [ "$P_SCHEME" = https ]; then P_PORT=443; else P_PORT=80; fi
 fi
-pct_decode() { printf '%b' "${1//%/\\x}"; }
-P_PASS=$(pct_decode "$P_PASS_ENC")
-P_USER=$(pct_decode "$P_USER")
+need_uint "HIL_PROXY_URL's port" "$P_PORT" 1 65535
+# pct_decode TEXT: %XX escapes decoded as the CLI decodes them; every other character (a
+# backslash too) is kept as it is.
+pct_decode() {
+    local in=$1 out="" lit hex
+    while [[ "$in" =~ ^([^%]*)%(.?.?)(.*)$ ]]; do
+        lit=${BASH_REMATCH[1]} hex=${BASH_REMATCH[2]} in=${BASH_REMATCH[3]}
+        [[ "$hex" =~ ^[0-9A-Fa-f]{2}$ ]] ||
+            die "HIL_PROXY_URL: '%$hex' in the credentials is not a percent-escape (write % as %25)"
+        out+="${lit//\\/\\\\}\\x$hex"
+    done
+    out+="${in//\\/\\\\}"
+    printf '%b' "$out"
+}
+P_PASS=$(pct_decode "$P_PASS_ENC") || exit 2
+P_USER=$(pct_decode "$P_USER") || exit 2
 PROXY_BARE="$P_SCHEME://$P_HOST:$P_PORT"
-[[ "$HIL_SERVER_ADDR" =~ ^.+:[0-9]+$ ]] || die "HIL_SERVER_ADDR=$HIL_SERVER_ADDR: expected HOST:PORT"
+need_hostport HIL_SERVER_ADDR "$HIL_SERVER_ADDR"
+[ -z "${HIL_SERVER_CTL:-}" ] || need_hostport HIL_SERVER_CTL "$HIL_SERVER_CTL"
 
 PI_PORT=${HIL_PI_PORT:-22}
 PI_DIR=${HIL_PI_DIR:-/tmp/hil-tests}
@@ -92,6 +125,26 @@ PROXY_ACCESS_LOG=${HIL_PROXY_ACCESS_LOG:-/var/log/squid/access.log}
 LAT_BOUND=${HIL_LATENCY_BOUND_MS:-100}
 HEALTHY=${HIL_HEALTHY_LATENCY_MS:-200}
 BUILD_TIMEOUT=${HIL_BUILD_TIMEOUT:-1800}
+need_uint HIL_PI_PORT "$PI_PORT" 1 65535
+need_uint HIL_LATENCY_BOUND_MS "$LAT_BOUND" 1 60000
+need_uint HIL_HEALTHY_LATENCY_MS "$HEALTHY" 1 60000
+need_uint HIL_BUILD_TIMEOUT "$BUILD_TIMEOUT" 10 86400
+case "${HIL_CROSS:-debian}" in debian | cross) ;; *) die "HIL_CROSS=${HIL_CROSS}: expected debian or cross" ;; esac
+[ "$SCENARIOS" != none ] || SCENARIOS=""
+for s in $SCENARIOS; do
+    case " $ALL_SCENARIOS " in
+        *" $s "*) ;;
+        *) die "HIL_SCENARIOS: unknown scenario '$s' (known: $ALL_SCENARIOS; 'none': only build, copy and check the lab)" ;;
+    esac
+done
+DEBIAN_TARGETS="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf thumbv7neon-unknown-linux-gnueabihf"
+if [ -n "${HIL_PI_TARGET:-}" ] && [ "$HIL_PI_TARGET" != auto ] && [ -z "${HIL_PI_BIN_DIR:-}" ] &&
+    [ "${HIL_CROSS:-debian}" = debian ]; then
+    case " $DEBIAN_TARGETS $(rustc -vV 2>/dev/null | sed -n 's/^host: //p') " in
+        *" $HIL_PI_TARGET "*) ;;
+        *) die "HIL_PI_TARGET=$HIL_PI_TARGET: this script builds $DEBIAN_TARGETS and this machine's own target (others: HIL_CROSS=cross, or build hil and connect-tunnel yourself and set HIL_PI_BIN_DIR)" ;;
+    esac
+fi
 
 WORK=$(mktemp -d /tmp/hil-board.XXXXXX)
 ROWS="$WORK/rows.tsv"
@@ -101,9 +154,10 @@ log "work dir $WORK${DRY:+ (dry run: commands are printed, not run)}"
 # run CMD...: runs it, or prints it in a dry run.
 run() {
     if [ -n "$DRY" ]; then
-        printf '+'
-        printf ' %q' "$@"
-        printf '\n'
+        local line
+        # The proxy password never shows: user:password@ in a URL becomes user:***@.
+        line=$(printf ' %q' "$@" | sed -E 's#(://[^:/@ ]*:)[^@ ]*@#\1***@#g')
+        printf '+%s\n' "$line"
         return 0
     fi
     "$@"
@@ -124,7 +178,13 @@ fi
 pi() { run timeout 60 "${PI_SSH[@]}" "$1"; }
 # proxy_host 'SHELL COMMAND': runs it on the proxy host.
 proxy_host() { run timeout 60 "${PROXY_SSH[@]}" "$1"; }
-q() { printf '%q' "$1"; }
+# The ssh command a user can paste to check the Pi by hand.
+PI_SSH_HINT="ssh -i $HIL_PI_KEY -p $PI_PORT${HIL_SSH_OPTS:+ $HIL_SSH_OPTS} $HIL_PI_USER@$HIL_PI_HOST true"
+# The camera on the Pi runs detached, its pid in $PI_DIR/camera.pid: stopped before a run, after
+# a scenario that did not end in time, and on exit, so none is left behind.
+pi_stop_camera() {
+    pi "cd $(q "$PI_DIR") 2>/dev/null || exit 0; if [ -f camera.pid ]; then kill \$(cat camera.pid) 2>/dev/null; rm -f camera.pid; fi; true" || true
+}
 
 # ---------------------------------------------------------------------------------------------
 # Clean-up: whatever happens, the lab is left as it was found.
@@ -142,8 +202,10 @@ proxy_restore_password() {
     proxy_host "$PROXY_SUDO cp -p $(q "$PROXY_PASSWD_FILE.hil-backup") $(q "$PROXY_PASSWD_FILE") && $PROXY_RECONFIGURE_CMD" ||
         log "WARNING: could not restore $PROXY_PASSWD_FILE on the proxy host (backup: $PROXY_PASSWD_FILE.hil-backup)"
 }
+CAMERA_STARTED=""
 cleanup() {
     set +e
+    [ -n "$CAMERA_STARTED" ] && pi_stop_camera
     [ -n "$PI_IMPAIRED" ] && pi_unimpair
     [ -n "$PROXY_ROTATED" ] && proxy_restore_password
     [ -n "$SERVER_OFF" ] && run "$HIL" ctl "$HIL_SERVER_CTL" listen on >/dev/null
@@ -160,23 +222,25 @@ trap 'exit 130' INT TERM
 # 1. The Pi: architecture, root, route to the proxy
 # ---------------------------------------------------------------------------------------------
 log "connecting to the Pi: $HIL_PI_USER@$HIL_PI_HOST:$PI_PORT"
+# One ssh call: architecture, root (or passwordless sudo), the proxy's IPv4 address and the
+# interface the Pi reaches it through.
+probe="uname -m; if [ \"\$(id -u)\" = 0 ] || $PI_SUDO true 2>/dev/null; then echo root; else echo noroot; fi; ip=\$(getent ahostsv4 $(q "${P_HOST//[\[\]]/}") | awk 'NR==1{print \$1}'); echo \"\$ip\"; [ -z \"\$ip\" ] || ip route get \"\$ip\" | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | head -n1"
 if [ -n "$DRY" ]; then
-    pi 'uname -m; id -u'
+    pi "$probe"
     ARCH=${HIL_DRY_ARCH:-aarch64}
     PI_ROOT=1
-    PROXY_IP=192.0.2.10
-    PI_IF=eth0
+    PROXY_IP="<proxy's IPv4>"
+    PI_IF="<interface>"
+    log "dry run: pretending the Pi is $ARCH with root, the proxy at $PROXY_IP via $PI_IF (the real values come from the command above)"
 else
-    info=$(pi "uname -m; if [ \"\$(id -u)\" = 0 ] || $PI_SUDO true 2>/dev/null; then echo root; else echo noroot; fi; getent ahostsv4 $(q "${P_HOST//[\[\]]/}") | awk 'NR==1{print \$1}'") ||
-        die "cannot run commands on the Pi over ssh (check HIL_PI_HOST/USER/KEY; try: ssh -i $HIL_PI_KEY $HIL_PI_USER@$HIL_PI_HOST true)"
+    info=$(pi "$probe") ||
+        die "cannot run commands on the Pi over ssh (check HIL_PI_HOST/USER/KEY/PORT; try: $PI_SSH_HINT)"
     ARCH=$(sed -n 1p <<<"$info")
     PI_ROOT=$([ "$(sed -n 2p <<<"$info")" = root ] && echo 1 || echo "")
     PROXY_IP=$(sed -n 3p <<<"$info")
-    if [ -n "$PROXY_IP" ]; then
-        PI_IF=$(pi "ip route get $PROXY_IP" | sed -n 's/.* dev \([^ ]*\).*/\1/p' | head -n1)
-    fi
+    PI_IF=$(sed -n 4p <<<"$info")
+    log "Pi: $ARCH, root: ${PI_ROOT:-no (set up passwordless sudo or HIL_PI_SUDO)}, proxy $P_HOST = ${PROXY_IP:-unresolved} via ${PI_IF:-?}"
 fi
-log "Pi: $ARCH, root: ${PI_ROOT:-no (set up passwordless sudo or HIL_PI_SUDO)}, proxy $P_HOST = ${PROXY_IP:-unresolved} via ${PI_IF:-?}"
 
 TARGET=${HIL_PI_TARGET:-auto}
 if [ "$TARGET" = auto ]; then
@@ -194,7 +258,18 @@ fi
 # ---------------------------------------------------------------------------------------------
 HIL="$ROOT/target/hil-tests/release/hil"
 log "building the runner's hil (native)"
-run timeout "$BUILD_TIMEOUT" cargo build -q --release --manifest-path hil-tests/Cargo.toml --target-dir target/hil-tests
+run timeout "$BUILD_TIMEOUT" cargo build -q --release --manifest-path hil-tests/Cargo.toml --target-dir target/hil-tests ||
+    die "building hil for this machine failed (see the cargo output above)"
+
+# The rest of the lab, before anything long: the control port and the proxy host.
+if [ -n "${HIL_SERVER_CTL:-}" ]; then
+    run timeout 15 "$HIL" ctl "$HIL_SERVER_CTL" status >/dev/null ||
+        die "HIL_SERVER_CTL=$HIL_SERVER_CTL: the media server's control port does not answer from this machine (hil server --control ADDR, and a firewall that lets this machine in)"
+fi
+if [ "${#PROXY_SSH[@]}" -gt 0 ]; then
+    proxy_host true ||
+        die "HIL_PROXY_SSH=$HIL_PROXY_SSH: cannot run commands on the proxy host over ssh (key: ${HIL_PROXY_KEY:-$HIL_PI_KEY}; try: ssh -i ${HIL_PROXY_KEY:-$HIL_PI_KEY} ${HIL_SSH_OPTS:+$HIL_SSH_OPTS }$HIL_PROXY_SSH true)"
+fi
 
 HOST_TARGET=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 if [ -n "${HIL_PI_BIN_DIR:-}" ]; then
@@ -202,7 +277,8 @@ if [ -n "${HIL_PI_BIN_DIR:-}" ]; then
     log "using prebuilt Pi binaries from $PI_BINS"
 elif [ "$TARGET" = "$HOST_TARGET" ]; then
     log "Pi target $TARGET is this machine's: native build"
-    run timeout "$BUILD_TIMEOUT" cargo build -q --release --bin connect-tunnel --target-dir target/hil-tests
+    run timeout "$BUILD_TIMEOUT" cargo build -q --release --bin connect-tunnel --target-dir target/hil-tests ||
+        die "building connect-tunnel failed (see the cargo output above)"
     PI_BINS="$WORK/pi-bin"
     run mkdir -p "$PI_BINS"
     run cp target/hil-tests/release/hil target/hil-tests/release/connect-tunnel "$PI_BINS/"
@@ -215,27 +291,40 @@ else
             run timeout "$BUILD_TIMEOUT" cross build --release --target "$TARGET" --manifest-path hil-tests/Cargo.toml --target-dir target/cross/board
             ;;
         debian)
-            gcc_for() { case "$1" in aarch64-*) echo aarch64-linux-gnu-gcc ;; armv7-*) echo arm-linux-gnueabihf-gcc ;; esac; }
-            CC_T=$(gcc_for "$TARGET")
+            # thumbv7neon: the armv7 target with Thumb-2 code (Debian ships the armv7 std only;
+            # `cross` users build thumbv7neon-unknown-linux-gnueabihf itself).
+            B_TARGET=$TARGET
+            B_FLAGS=""
+            if [ "$TARGET" = thumbv7neon-unknown-linux-gnueabihf ]; then
+                B_TARGET=armv7-unknown-linux-gnueabihf
+                B_FLAGS="-C target-feature=+thumb-mode"
+                PI_BINS="$ROOT/target/cross/board-thumb/$B_TARGET/release"
+            fi
+            case "$B_TARGET" in
+                aarch64-*) CC_T=aarch64-linux-gnu-gcc ;;
+                *) CC_T=arm-linux-gnueabihf-gcc ;;
+            esac
             if [ -z "$DRY" ] && { [ ! -x /usr/bin/rustc ] || ! command -v "$CC_T" >/dev/null ||
-                [ ! -d "$(/usr/bin/rustc --print sysroot)/lib/rustlib/$TARGET" ]; }; then
-                if [ -f scripts/cross-test.sh ]; then
-                    log "installing Debian's ARM cross toolchain (scripts/cross-test.sh --install-only; apt, root)"
-                    bash scripts/cross-test.sh --install-only
+                [ ! -d "$(/usr/bin/rustc --print sysroot)/lib/rustlib/$B_TARGET" ]; }; then
+                if [ "$(id -u)" = 0 ] && [ "${HIL_INSTALL:-1}" != 0 ]; then
+                    log "the cross toolchain for $B_TARGET is missing: installing it with apt (scripts/cross-test.sh --install-only; HIL_INSTALL=0 prevents this)"
+                    bash scripts/cross-test.sh --install-only || die "installing the cross toolchain failed (see above)"
                 else
-                    die "no ARM cross toolchain. As root: dpkg --add-architecture arm64; dpkg --add-architecture armhf; apt-get update; apt-get install -y --no-install-recommends rustc-web libstd-rust-web-dev:arm64 libstd-rust-web-dev:armhf gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross"
+                    die "no cross toolchain for $B_TARGET here. As root: scripts/cross-test.sh --install-only (or by hand: dpkg --add-architecture arm64; dpkg --add-architecture armhf; apt-get update; apt-get install -y --no-install-recommends rustc-web libstd-rust-web-dev:arm64 libstd-rust-web-dev:armhf gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)"
                 fi
             fi
-            T_UP=$(tr 'a-z-' 'A-Z_' <<<"$TARGET")
-            T_LOW=${TARGET//-/_}
-            log "cross-building for $TARGET with Debian's rustc and $CC_T (target/cross/board)"
+            T_UP=$(tr 'a-z-' 'A-Z_' <<<"$B_TARGET")
+            T_LOW=${B_TARGET//-/_}
+            log "cross-building for $TARGET with Debian's rustc and $CC_T (${PI_BINS#"$ROOT"/})"
             for manifest in Cargo.toml hil-tests/Cargo.toml; do
                 what=(--bin connect-tunnel)
                 [ "$manifest" = Cargo.toml ] || what=(--bin hil)
                 run timeout "$BUILD_TIMEOUT" env RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
-                    "CARGO_TARGET_${T_UP}_LINKER=$CC_T" "CC_${T_LOW}=$CC_T" "AR_${T_LOW}=${CC_T%gcc}ar" \
+                    "CARGO_TARGET_${T_UP}_LINKER=$CC_T" "CARGO_TARGET_${T_UP}_RUSTFLAGS=$B_FLAGS" \
+                    "CC_${T_LOW}=$CC_T" "AR_${T_LOW}=${CC_T%gcc}ar" \
                     CARGO_INCREMENTAL=0 cargo build -q --release --manifest-path "$manifest" \
-                    --target "$TARGET" "${what[@]}" --target-dir target/cross/board
+                    --target "$B_TARGET" "${what[@]}" --target-dir "${PI_BINS%/"$B_TARGET"/release}" ||
+                    die "cross-building ${what[1]} for $TARGET failed (see the cargo output above)"
             done
             ;;
         *) die "HIL_CROSS=${HIL_CROSS}: expected debian or cross" ;;
@@ -249,23 +338,37 @@ done
 # 3. Copy to the Pi
 # ---------------------------------------------------------------------------------------------
 log "copying hil and connect-tunnel to $HIL_PI_HOST:$PI_DIR"
-pi "mkdir -p $(q "$PI_DIR") && rm -f $(q "$PI_DIR")/*.result $(q "$PI_DIR")/*.done $(q "$PI_DIR")/*.marks $(q "$PI_DIR")/*.log"
-run "${PI_SCP[@]}" "$PI_BINS/hil" "$PI_BINS/connect-tunnel" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/" ||
-    die "copying to the Pi failed (scp uses SFTP: the Pi's sshd needs its sftp Subsystem)"
+# A camera left running by an interrupted run would hold the old binary and its files.
+pi_stop_camera
+pi "mkdir -p $(q "$PI_DIR") && rm -f $(q "$PI_DIR")/*.result $(q "$PI_DIR")/*.done $(q "$PI_DIR")/*.marks $(q "$PI_DIR")/*.log" ||
+    die "cannot create $PI_DIR on the Pi (HIL_PI_DIR must be a directory the ssh user can write)"
+# Copied under new names, then renamed: a binary still running there does not block the copy.
+run "${PI_SCP[@]}" "$PI_BINS/hil" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/hil.new" &&
+    run "${PI_SCP[@]}" "$PI_BINS/connect-tunnel" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/connect-tunnel.new" ||
+    die "copying to the Pi failed (scp uses SFTP: the Pi's sshd needs its sftp Subsystem; $PI_DIR needs free space)"
+pi "cd $(q "$PI_DIR") && chmod +x hil.new connect-tunnel.new && mv -f hil.new hil && mv -f connect-tunnel.new connect-tunnel"
 CAM_TLS=()
 if [ -n "${HIL_PROXY_CACERT:-}" ]; then
-    run "${PI_SCP[@]}" "$HIL_PROXY_CACERT" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/proxy-ca.pem"
+    run "${PI_SCP[@]}" "$HIL_PROXY_CACERT" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/proxy-ca.pem" ||
+        die "copying HIL_PROXY_CACERT to the Pi failed"
     CAM_TLS=(--proxy-cacert proxy-ca.pem)
 fi
 give_camera() { # give_camera PASSWORD: the camera's credentials file on the Pi (atomic)
-    (umask 077 && printf '%s:%s\n' "$P_USER" "$1" >"$WORK/creds")
-    run "${PI_SCP[@]}" "$WORK/creds" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/creds.new"
+    if [ -n "$DRY" ]; then
+        run scp "(user:password in a mode-600 file)" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/creds.new"
+    else
+        (umask 077 && printf '%s:%s\n' "$P_USER" "$1" >"$WORK/creds")
+        "${PI_SCP[@]}" "$WORK/creds" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/creds.new"
+        local rc=$?
+        rm -f "$WORK/creds"
+        [ "$rc" -eq 0 ] || return 1
+    fi
     pi "chmod 600 $(q "$PI_DIR/creds.new") && mv $(q "$PI_DIR/creds.new") $(q "$PI_DIR/creds")"
 }
-give_camera "$P_PASS"
+give_camera "$P_PASS" || die "copying the camera's credentials file to the Pi failed"
 if [ -z "$DRY" ]; then
-    pi "cd $(q "$PI_DIR") && chmod +x hil connect-tunnel && $PI_EXEC ./connect-tunnel --version" >"$WORK/cli-version.txt" ||
-        die "connect-tunnel does not run on the Pi (wrong HIL_PI_TARGET?)"
+    pi "cd $(q "$PI_DIR") && $PI_EXEC ./connect-tunnel --version" >"$WORK/cli-version.txt" 2>&1 ||
+        die "connect-tunnel does not run on the Pi: $(head -c 300 "$WORK/cli-version.txt") (wrong HIL_PI_TARGET? the Pi's glibc must be >= 2.34)"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +385,9 @@ mark() { pi "echo $1 \$(date +%s%N) >> $(q "$R/$SCEN.marks")"; }
 start_camera() { # start_camera DURATION: the camera on the Pi, detached (survives a broken ssh)
     local args
     args="--proxy $(q "$PROXY_BARE") --credentials-file creds --target $(q "$HIL_SERVER_ADDR") --duration $1 --scenario $SCEN --result $SCEN.result ${CAM_TLS[*]}"
-    pi "cd $(q "$R") && rm -f $SCEN.result $SCEN.done && touch $SCEN.marks && (nohup sh -c '$PI_EXEC ./hil camera $args > $SCEN.camera.log 2>&1; echo \$? > $SCEN.done' </dev/null >/dev/null 2>&1 &)"
+    CAMERA_STARTED=1
+    pi "cd $(q "$R") && rm -f $SCEN.result $SCEN.done && touch $SCEN.marks && (nohup sh -c '$PI_EXEC ./hil camera $args > $SCEN.camera.log 2>&1 & echo \$! > camera.pid; wait \$!; echo \$? > $SCEN.done; rm -f camera.pid' </dev/null >/dev/null 2>&1 &)" ||
+        log "$SCEN: starting the camera on the Pi failed"
     CAM_DEADLINE=$((SECONDS + $1 + 45))
 }
 wait_camera() {
@@ -291,7 +396,8 @@ wait_camera() {
         if timeout 20 "${PI_SSH[@]}" "test -e $(q "$R/$SCEN.done")" 2>/dev/null; then return 0; fi
         sleep 1
     done
-    log "$SCEN: the camera did not finish in time"
+    log "$SCEN: the camera did not finish in time: stopping it"
+    pi_stop_camera
 }
 pi_log_has() { [ -n "$DRY" ] || timeout 20 "${PI_SSH[@]}" "grep -q $(q "$1") $(q "$R/$SCEN.camera.log")" 2>/dev/null; }
 collect() {
@@ -303,12 +409,19 @@ judge() {
     local rc=0
     run "$HIL" judge --scenario "$SCEN" --mode board --result "$WORK/$SCEN.result" \
         --marks "$WORK/$SCEN.marks" --rows "$ROWS" --healthy-latency-ms "$HEALTHY" \
-        --expect "receipt==1" --expect "corrupt==0" --expect "ooo==0" --expect "dup==0" "$@" || rc=$?
+        --expect "written>=1" --expect "receipt==1" --expect "corrupt==0" --expect "ooo==0" \
+        --expect "dup==0" "$@" || rc=$?
     if [ "$rc" -ne 0 ] && [ -f "$WORK/$SCEN.camera.log" ]; then
         tail -n 8 "$WORK/$SCEN.camera.log" | sed 's/^/     /'
     fi
 }
 sleep_() { run sleep "$1"; }
+# abort_scenario REASON: a step of the lab failed; the scenario is a FAIL with that reason and
+# the run goes on with the next one.
+abort_scenario() {
+    pi_stop_camera
+    skip FAIL "$1"
+}
 need_pi_root() {
     if [ -z "$PI_ROOT" ] || [ -z "$PROXY_IP" ] || [ -z "$PI_IF" ]; then
         skip MANUAL "$1 (needs root on the Pi: passwordless sudo, or HIL_PI_SUDO; and the proxy's IPv4 address)"
@@ -335,6 +448,13 @@ scenario_cli_smoke() {
     pi "cd $(q "$R") && timeout 40 $PI_EXEC ./connect-tunnel -x $(q "$HIL_PROXY_URL") ${HIL_PROXY_CACERT:+--proxy-cacert proxy-ca.pem} --no-half-close --connect-timeout 10 $(q "$HIL_SERVER_ADDR") </dev/null >/dev/null 2>$SCEN.ok.log" || rc=$?
     [ -n "$DRY" ] || { [ "$rc" -eq 0 ] || ok=""; }
     notes+="; tunnel: exit $rc after $((SECONDS - t)) s (want 0 when the server closes)"
+    [ -z "$DRY" ] || return 0
+    if [ -z "$ok" ]; then
+        for f in wrong ok; do
+            echo "   connect-tunnel's stderr ($f password):"
+            timeout 20 "${PI_SSH[@]}" "tail -n 5 $(q "$R/$SCEN.$f.log")" 2>&1 | sed 's/^/     /'
+        done
+    fi
     printf 'board\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\t%s\n' "$SCEN" "$([ -n "$ok" ] && echo PASS || echo FAIL)" "$notes" >>"$ROWS"
     echo "   $notes"
 }
@@ -370,9 +490,9 @@ scenario_proxy_restart() {
     sleep_ 4
     mark impair_start
     if [ "${#PROXY_SSH[@]}" -gt 0 ]; then
-        proxy_host "$PROXY_STOP_CMD"
+        proxy_host "$PROXY_STOP_CMD" || { abort_scenario "stopping the proxy failed (HIL_PROXY_STOP_CMD over ssh)"; return 0; }
         sleep_ 2
-        proxy_host "$PROXY_START_CMD"
+        proxy_host "$PROXY_START_CMD" || { abort_scenario "starting the proxy failed (HIL_PROXY_START_CMD over ssh)"; return 0; }
     else
         manual_step "KILL the proxy now (e.g. systemctl kill --signal=KILL squid)"
         manual_step "START the proxy again"
@@ -419,9 +539,11 @@ scenario_proxy_503() {
     mark impair_start
     if [ -n "${HIL_SERVER_CTL:-}" ]; then
         SERVER_OFF=1
-        run "$HIL" ctl "$HIL_SERVER_CTL" listen off
+        run timeout 15 "$HIL" ctl "$HIL_SERVER_CTL" listen off ||
+            { abort_scenario "the media server's control port did not take 'listen off' (HIL_SERVER_CTL)"; return 0; }
         sleep_ 6
-        run "$HIL" ctl "$HIL_SERVER_CTL" listen on
+        run timeout 15 "$HIL" ctl "$HIL_SERVER_CTL" listen on ||
+            { abort_scenario "the media server's control port did not take 'listen on' (HIL_SERVER_CTL)"; return 0; }
         SERVER_OFF=""
     else
         manual_step "STOP the media server (Ctrl-C it)"
@@ -447,7 +569,12 @@ scenario_cred_rotation() {
     sleep_ 4
     mark impair_start
     PROXY_ROTATED=1
-    proxy_host "$PROXY_SUDO cp -p $(q "$PROXY_PASSWD_FILE") $(q "$PROXY_PASSWD_FILE.hil-backup") && $PROXY_SUDO sed -i $(q "s|^$P_USER:.*|$P_USER:$hash|") $(q "$PROXY_PASSWD_FILE") && $PROXY_RECONFIGURE_CMD"
+    proxy_host "$PROXY_SUDO cp -p $(q "$PROXY_PASSWD_FILE") $(q "$PROXY_PASSWD_FILE.hil-backup") && $PROXY_SUDO sed -i $(q "s|^$P_USER:.*|$P_USER:$hash|") $(q "$PROXY_PASSWD_FILE") && $PROXY_RECONFIGURE_CMD" || {
+        proxy_restore_password
+        PROXY_ROTATED=""
+        abort_scenario "rotating the password on the proxy host failed (HIL_PROXY_PASSWD_FILE, HIL_PROXY_RECONFIGURE_CMD, sudo)"
+        return 0
+    }
     sleep_ 1
     # Tunnels survive a rotation: end the camera's so it must log in again. `ss -K` needs
     # CONFIG_INET_DIAG_DESTROY in the Pi's kernel; when the camera does not notice within 2 s,
@@ -461,7 +588,7 @@ scenario_cred_rotation() {
     fi
     if [ -z "$ended" ]; then
         log "$SCEN: ss -K on the Pi did not end the tunnel; restarting the proxy instead"
-        proxy_host "$PROXY_START_CMD"
+        proxy_host "$PROXY_START_CMD" || log "$SCEN: restarting the proxy failed (HIL_PROXY_START_CMD)"
     fi
     for ((i = 0; i < 15; i++)); do
         pi_log_has 'gave_up retry=never' && break
@@ -486,11 +613,15 @@ scenario_cred_rotation() {
 
 start_all=$SECONDS
 for s in $SCENARIOS; do
-    declare -F "scenario_$s" >/dev/null || die "unknown scenario $s (known: $ALL_SCENARIOS)"
     SCEN=$s
     log "scenario $s"
     t=$SECONDS
-    "scenario_$s"
+    rows_before=$(wc -l <"$ROWS")
+    # A failing step ends this scenario, not the run (the function reports what failed).
+    "scenario_$s" || true
+    if [ -z "$DRY" ] && [ "$(wc -l <"$ROWS")" -eq "$rows_before" ]; then
+        abort_scenario "the scenario ended without a result (see its log lines above)"
+    fi
     echo "   ($((SECONDS - t)) s)"
     if [ -n "$PI_IMPAIRED" ]; then
         pi_unimpair
@@ -499,7 +630,7 @@ for s in $SCENARIOS; do
 done
 
 echo
-log "summary ($((SECONDS - start_all)) s; Pi $HIL_PI_HOST ($TARGET), proxy $PROXY_BARE, server $HIL_SERVER_ADDR)"
+log "summary ($((SECONDS - start_all)) s; Pi $HIL_PI_HOST (${HIL_PI_BIN_DIR:+binaries from $HIL_PI_BIN_DIR}${HIL_PI_BIN_DIR:-$TARGET}${PI_EXEC:+, run with $PI_EXEC}), proxy $PROXY_BARE, server $HIL_SERVER_ADDR)"
 if [ -n "$DRY" ]; then
     log "dry run: no results"
     exit 0

@@ -109,7 +109,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 log "building hil-tests (release, target/hil-tests)"
 t0=$SECONDS
-if ! timeout "$BUILD_TIMEOUT" cargo build --release --manifest-path hil-tests/Cargo.toml \
+if ! timeout "$BUILD_TIMEOUT" cargo build --locked --release --manifest-path hil-tests/Cargo.toml \
     --target-dir target/hil-tests >"$WORK/build.log" 2>&1; then
     tail -n 30 "$WORK/build.log"
     log "FAIL: build"
@@ -494,7 +494,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 BOARD_STATUS=0
 board_selftest() {
-    local pi_bins exec_prefix="" conf ns addr start_cmd board_dir
+    local conf ns addr start_cmd board_dir
     log "board-mode self-test: run-board.sh against sshd in $NS_CAM (the Pi) and $NS_PRX (proxy host)"
     if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null; then
         log "board self-test: sshd/ssh-keygen missing"
@@ -527,21 +527,13 @@ EOF
     wait_for 10 "sshd in $NS_CAM" tcp_open "$NS_PRX" "$CAM_IP" 22 || { BOARD_STATUS=1; return; }
     wait_for 10 "sshd in $NS_PRX" tcp_open "$NS_PRX" 127.0.0.1 22 || { BOARD_STATUS=1; return; }
 
-    # The Pi's binaries: the aarch64 build under qemu when there is one, else native.
-    if [ -n "$QEMU_BIN" ] && timeout "$BUILD_TIMEOUT" env RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
-        CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-        CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
-        CARGO_INCREMENTAL=0 cargo build --release --target aarch64-unknown-linux-gnu --bin connect-tunnel \
-        --target-dir target/cross/hil-tests >>"$WORK/build-aarch64.log" 2>&1; then
-        pi_bins="$ROOT/target/cross/hil-tests/aarch64-unknown-linux-gnu/release"
+    # The Pi's binaries: run-board.sh cross-builds them for aarch64 as for a real Pi and runs
+    # them under qemu on the "Pi" when the cross toolchain is here; else it builds them natively.
+    local pi_target exec_prefix=""
+    pi_target=$(rustc -vV | sed -n "s/^host: //p")
+    if [ -n "$QEMU_BIN" ]; then
+        pi_target=aarch64-unknown-linux-gnu
         exec_prefix=qemu-aarch64
-    elif timeout "$BUILD_TIMEOUT" cargo build --release --bin connect-tunnel --target-dir target/hil-tests \
-        >>"$WORK/build.log" 2>&1; then
-        pi_bins="$ROOT/target/hil-tests/release"
-    else
-        log "board self-test: CLI build failed"
-        BOARD_STATUS=1
-        return
     fi
 
     # From now on Squid is managed as on a proxy host: by commands over ssh.
@@ -553,7 +545,7 @@ EOF
     BOARD_STATUS=0
     ip netns exec "$NS_PRX" env \
         HIL_PI_HOST="$CAM_IP" HIL_PI_USER=root HIL_PI_KEY="$WORK/ssh/id" HIL_PI_SUDO="" \
-        HIL_PI_DIR="$WORK/pi" HIL_PI_BIN_DIR="$pi_bins" HIL_PI_EXEC_PREFIX="$exec_prefix" \
+        HIL_PI_DIR="$WORK/pi" HIL_PI_TARGET="$pi_target" HIL_PI_EXEC_PREFIX="$exec_prefix" HIL_INSTALL=0 \
         HIL_SSH_OPTS="-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR" \
         HIL_PROXY_URL="http://camera:$PASSWORD@$PRX_IP:$SQUID_PORT" \
         HIL_SERVER_ADDR="$SRV_IP:$MEDIA_PORT" HIL_SERVER_CTL="$SERVER_CTL" \
@@ -563,8 +555,8 @@ EOF
         HIL_PROXY_RECONFIGURE_CMD="$SQUID -k reconfigure -f $SQ/squid.conf" \
         HIL_PROXY_PASSWD_FILE="$SQ/passwd" HIL_PROXY_ACCESS_LOG="$SQ/access.log" \
         HIL_SCENARIOS="${HIL_BOARD_SCENARIOS:-}" \
-        timeout 900 bash hil-tests/run-board.sh >"$WORK/board.log" 2>&1 || BOARD_STATUS=$?
-    sed 's/^/   | /' "$WORK/board.log"
+        timeout 1800 bash hil-tests/run-board.sh 2>&1 | tee "$WORK/board.log" | sed -u 's/^/   | /' ||
+        BOARD_STATUS=1
     # The board rows join this run's table.
     board_dir=$(sed -n 's/^== hil-board: logs and results in //p' "$WORK/board.log" | tail -n1)
     if [ -n "$board_dir" ] && [ -f "$board_dir/rows.tsv" ]; then
@@ -578,11 +570,11 @@ if [ -n "${HIL_BOARD_SELFTEST:-}" ]; then
 fi
 
 echo
-log "summary ($((SECONDS - start_all)) s of scenarios; rows: $ROWS)"
+log "summary ($((SECONDS - start_all)) s of scenarios)"
 if "$HIL" table "$ROWS" && [ "$BOARD_STATUS" -eq 0 ]; then
     STATUS=0
-    log "all scenarios passed"
+    log "all scenarios passed${HIL_KEEP:+ (logs and rows.tsv kept in $WORK)}"
 else
-    log "FAILED (logs in $WORK)"
+    log "FAILED (logs and rows.tsv in $WORK, kept)"
 fi
 exit "$STATUS"

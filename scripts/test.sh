@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 echo "== installing test peers (squid-openssl, openssh-server, ...)"
 bash scripts/install-test-deps.sh
 bash scripts/install-media-deps.sh
+# The ARM cross toolchain and qemu, now: hil-tests run the camera under qemu-aarch64 too.
+bash scripts/cross-test.sh --install-only
 
 echo "== format and lints"
 cargo fmt --check
@@ -33,7 +35,8 @@ cargo test --doc
 
 echo "== main job, as a test: cargo run --release --example camera_stream"
 cargo run --release --example camera_stream -- --duration 3
-bash hil-tests/run-local.sh
+echo "== hardware-in-the-loop scenarios in namespaces; board mode (run-board.sh) against that lab"
+HIL_BOARD_SELFTEST=1 bash hil-tests/run-local.sh
 
 echo "== ARM (aarch64, armv7): Debian's cross toolchain; tests and the CLI under qemu (docs/ARM.md)"
 bash scripts/cross-test.sh
