@@ -53,7 +53,7 @@ hil-board: missing environment: ${missing[*]}
 
   HIL_PI_HOST      the Pi's address, e.g. 192.168.1.50
   HIL_PI_USER      ssh user on the Pi, e.g. pi
-  HIL_PI_KEY       private key for that user, e.g. ~/.ssh/id_ed25519 (ssh-copy-id it first)
+  HIL_PI_KEY       private key for that user, e.g. ~/.ssh/hil_lab (no passphrase, or in ssh-agent; ssh-copy-id it first)
   HIL_PROXY_URL    the proxy as the Pi uses it, with the camera's credentials,
                    e.g. http://camera:secret@192.168.1.10:3128
   HIL_SERVER_ADDR  the media server as the proxy reaches it, e.g. 192.168.1.20:5004
@@ -63,7 +63,10 @@ See hil-tests/README.md, "Board mode". HIL_DRY_RUN=1 prints what would run.
 EOF
     exit 2
 fi
-[ -r "$HIL_PI_KEY" ] || die "HIL_PI_KEY=$HIL_PI_KEY is not a readable file"
+if [ ! -r "$HIL_PI_KEY" ]; then
+    [ -n "$DRY" ] || die "HIL_PI_KEY=$HIL_PI_KEY is not a readable file"
+    log "warning: HIL_PI_KEY=$HIL_PI_KEY is not a readable file (a real run stops here)"
+fi
 [ -z "${HIL_PROXY_KEY:-}" ] || [ -r "$HIL_PROXY_KEY" ] || die "HIL_PROXY_KEY=$HIL_PROXY_KEY is not a readable file"
 [ -z "${HIL_PROXY_CACERT:-}" ] || [ -r "$HIL_PROXY_CACERT" ] ||
     die "HIL_PROXY_CACERT=$HIL_PROXY_CACERT is not a readable file"
@@ -81,9 +84,9 @@ need_hostport() {
 }
 
 # http(s)://[user[:password]@]host[:port][/]
-url_re='^(https?)://(([^:@/]*)(:([^@/]*))?@)?(\[[^]/]+\]|[^]:@/[]+)(:([0-9]+))?/?$'
+url_re='^(https?)://(([^][:space:]:@/?#[]*)(:([^][:space:]@/?#[]*))?@)?(\[[^]/]+\]|[^][:space:]:@/?#[]+)(:([0-9]+))?/?$'
 [[ "$HIL_PROXY_URL" =~ $url_re ]] ||
-    die "HIL_PROXY_URL (not shown: it may hold a password): expected http(s)://[user:password@]host[:port]; percent-encode @ : / % in the user or password (@ is %40)"
+    die "HIL_PROXY_URL (not shown: it may hold a password): expected http(s)://[user:password@]host[:port]; percent-encode @ : / ? # % [ ] and spaces in the user or password (@ is %40, a space %20)"
 P_SCHEME=${BASH_REMATCH[1]}
 P_USER=${BASH_REMATCH[3]}
 P_PASS_ENC=${BASH_REMATCH[5]}
@@ -100,7 +103,7 @@ pct_decode() {
     while [[ "$in" =~ ^([^%]*)%(.?.?)(.*)$ ]]; do
         lit=${BASH_REMATCH[1]} hex=${BASH_REMATCH[2]} in=${BASH_REMATCH[3]}
         [[ "$hex" =~ ^[0-9A-Fa-f]{2}$ ]] ||
-            die "HIL_PROXY_URL: '%$hex' in the credentials is not a percent-escape (write % as %25)"
+            die "HIL_PROXY_URL: a '%' in the credentials is not followed by two hex digits (write % itself as %25)"
         out+="${lit//\\/\\\\}\\x$hex"
     done
     out+="${in//\\/\\\\}"
@@ -114,6 +117,8 @@ need_hostport HIL_SERVER_ADDR "$HIL_SERVER_ADDR"
 
 PI_PORT=${HIL_PI_PORT:-22}
 PI_DIR=${HIL_PI_DIR:-/tmp/hil-tests}
+[[ "$PI_DIR" =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
+    die "HIL_PI_DIR=$PI_DIR: expected an absolute path of letters, digits and . _ / + - (it goes into shell commands on the Pi)"
 PI_SUDO=${HIL_PI_SUDO-sudo -n}
 PI_EXEC=${HIL_PI_EXEC_PREFIX:-}
 PROXY_SUDO=${HIL_PROXY_SUDO-sudo -n}
@@ -130,11 +135,17 @@ need_uint HIL_LATENCY_BOUND_MS "$LAT_BOUND" 1 60000
 need_uint HIL_HEALTHY_LATENCY_MS "$HEALTHY" 1 60000
 need_uint HIL_BUILD_TIMEOUT "$BUILD_TIMEOUT" 10 86400
 case "${HIL_CROSS:-debian}" in debian | cross) ;; *) die "HIL_CROSS=${HIL_CROSS}: expected debian or cross" ;; esac
-[ "$SCENARIOS" != none ] || SCENARIOS=""
+read -r -a scen_words <<<"$SCENARIOS" || true
+if [ "${#scen_words[@]}" -eq 0 ]; then
+    die "HIL_SCENARIOS is empty: name scenarios ($ALL_SCENARIOS), or 'none' to only build, copy and check the lab"
+elif [ "${scen_words[*]}" = none ]; then
+    SCENARIOS=""
+fi
 for s in $SCENARIOS; do
+    [ "$s" != none ] || die "HIL_SCENARIOS: 'none' stands alone (it runs no scenario); drop it or the others"
     case " $ALL_SCENARIOS " in
         *" $s "*) ;;
-        *) die "HIL_SCENARIOS: unknown scenario '$s' (known: $ALL_SCENARIOS; 'none': only build, copy and check the lab)" ;;
+        *) die "HIL_SCENARIOS: unknown scenario '$s' (known: $ALL_SCENARIOS; or 'none' alone: only build, copy and check the lab)" ;;
     esac
 done
 DEBIAN_TARGETS="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf thumbv7neon-unknown-linux-gnueabihf"
@@ -157,7 +168,7 @@ run() {
         local line
         # The proxy password never shows: user:password@ in a URL becomes user:***@.
         line=$(printf ' %q' "$@" | sed -E 's#(://[^:/@ ]*:)[^@ ]*@#\1***@#g')
-        printf '+%s\n' "$line"
+        printf '+%s\n' "$line" >&2
         return 0
     fi
     "$@"
@@ -204,6 +215,7 @@ proxy_restore_password() {
 }
 CAMERA_STARTED=""
 cleanup() {
+    local rc=$?
     set +e
     [ -n "$CAMERA_STARTED" ] && pi_stop_camera
     [ -n "$PI_IMPAIRED" ] && pi_unimpair
@@ -213,7 +225,11 @@ cleanup() {
         "${PI_SSH[@]}" -O exit 2>/dev/null
         [ "${#PROXY_SSH[@]}" -gt 0 ] && "${PROXY_SSH[@]}" -O exit 2>/dev/null
     fi
-    log "logs and results in $WORK"
+    if [ "$rc" -eq 0 ] && [ -z "${HIL_KEEP:-}" ]; then
+        rm -rf "$WORK"
+    else
+        log "logs and results in $WORK"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -224,7 +240,7 @@ trap 'exit 130' INT TERM
 log "connecting to the Pi: $HIL_PI_USER@$HIL_PI_HOST:$PI_PORT"
 # One ssh call: architecture, root (or passwordless sudo), the proxy's IPv4 address and the
 # interface the Pi reaches it through.
-probe="uname -m; if [ \"\$(id -u)\" = 0 ] || $PI_SUDO true 2>/dev/null; then echo root; else echo noroot; fi; ip=\$(getent ahostsv4 $(q "${P_HOST//[\[\]]/}") | awk 'NR==1{print \$1}'); echo \"\$ip\"; [ -z \"\$ip\" ] || ip route get \"\$ip\" | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | head -n1"
+probe="uname -m; if [ \"\$(id -u)\" = 0 ] || $PI_SUDO true 2>/dev/null; then echo root; else echo noroot; fi; ip=\$(getent ahostsv4 $(q "${P_HOST//[\[\]]/}") | awk 'NR==1{print \$1}'); echo \"\$ip\"; dev=\$([ -z \"\$ip\" ] || ip route get \"\$ip\" | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | head -n1); echo \"\$dev\"; getconf LONG_BIT"
 if [ -n "$DRY" ]; then
     pi "$probe"
     ARCH=${HIL_DRY_ARCH:-aarch64}
@@ -239,14 +255,24 @@ else
     PI_ROOT=$([ "$(sed -n 2p <<<"$info")" = root ] && echo 1 || echo "")
     PROXY_IP=$(sed -n 3p <<<"$info")
     PI_IF=$(sed -n 4p <<<"$info")
+    # A 32-bit Raspberry Pi OS on a Pi 3/4/5 runs a 64-bit kernel: uname says aarch64, but its
+    # programs (and libraries) are 32-bit armhf.
+    if [ "$ARCH" = aarch64 ] && [ "$(sed -n 5p <<<"$info")" = 32 ]; then
+        ARCH="armv7l (32-bit user space on an aarch64 kernel)"
+    fi
     log "Pi: $ARCH, root: ${PI_ROOT:-no (set up passwordless sudo or HIL_PI_SUDO)}, proxy $P_HOST = ${PROXY_IP:-unresolved} via ${PI_IF:-?}"
+fi
+
+if [ "${#PROXY_SSH[@]}" -gt 0 ]; then
+    proxy_host true ||
+        die "HIL_PROXY_SSH=$HIL_PROXY_SSH: cannot run commands on the proxy host over ssh (key: ${HIL_PROXY_KEY:-$HIL_PI_KEY}; try: ssh -i ${HIL_PROXY_KEY:-$HIL_PI_KEY} ${HIL_SSH_OPTS:+$HIL_SSH_OPTS }$HIL_PROXY_SSH true)"
 fi
 
 TARGET=${HIL_PI_TARGET:-auto}
 if [ "$TARGET" = auto ]; then
     case "$ARCH" in
         aarch64 | arm64) TARGET=aarch64-unknown-linux-gnu ;;
-        armv7l | armv8l) TARGET=armv7-unknown-linux-gnueabihf ;;
+        armv7l* | armv8l) TARGET=armv7-unknown-linux-gnueabihf ;;
         armv6l) die "ARMv6 (Pi Zero/1) has no Debian Rust std: build hil and connect-tunnel elsewhere, set HIL_PI_BIN_DIR" ;;
         x86_64) TARGET=x86_64-unknown-linux-gnu ;;
         *) die "unknown Pi architecture '$ARCH': set HIL_PI_TARGET" ;;
@@ -263,12 +289,8 @@ run timeout "$BUILD_TIMEOUT" cargo build -q --release --manifest-path hil-tests/
 
 # The rest of the lab, before anything long: the control port and the proxy host.
 if [ -n "${HIL_SERVER_CTL:-}" ]; then
-    run timeout 15 "$HIL" ctl "$HIL_SERVER_CTL" status >/dev/null ||
-        die "HIL_SERVER_CTL=$HIL_SERVER_CTL: the media server's control port does not answer from this machine (hil server --control ADDR, and a firewall that lets this machine in)"
-fi
-if [ "${#PROXY_SSH[@]}" -gt 0 ]; then
-    proxy_host true ||
-        die "HIL_PROXY_SSH=$HIL_PROXY_SSH: cannot run commands on the proxy host over ssh (key: ${HIL_PROXY_KEY:-$HIL_PI_KEY}; try: ssh -i ${HIL_PROXY_KEY:-$HIL_PI_KEY} ${HIL_SSH_OPTS:+$HIL_SSH_OPTS }$HIL_PROXY_SSH true)"
+    run timeout 5 "$HIL" ctl "$HIL_SERVER_CTL" status >/dev/null ||
+        die "HIL_SERVER_CTL=$HIL_SERVER_CTL: the media server's control port does not answer from this machine within 5 s (the address given to hil server --control, not --listen; a firewall must let this machine in)"
 fi
 
 HOST_TARGET=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
@@ -353,22 +375,46 @@ if [ -n "${HIL_PROXY_CACERT:-}" ]; then
         die "copying HIL_PROXY_CACERT to the Pi failed"
     CAM_TLS=(--proxy-cacert proxy-ca.pem)
 fi
-give_camera() { # give_camera PASSWORD: the camera's credentials file on the Pi (atomic)
+# put_secret NAME WHAT TEXT: a file only the ssh user can read on the Pi, replaced atomically.
+# Secrets go to the Pi in files, never on a command line (ps would show them there).
+put_secret() {
     if [ -n "$DRY" ]; then
-        run scp "(user:password in a mode-600 file)" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/creds.new"
+        run scp "($2 in a mode-600 file)" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/$1.new"
     else
-        (umask 077 && printf '%s:%s\n' "$P_USER" "$1" >"$WORK/creds")
-        "${PI_SCP[@]}" "$WORK/creds" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/creds.new"
+        (umask 077 && printf '%s\n' "$3" >"$WORK/$1")
+        "${PI_SCP[@]}" "$WORK/$1" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/$1.new"
         local rc=$?
-        rm -f "$WORK/creds"
+        rm -f "$WORK/$1"
         [ "$rc" -eq 0 ] || return 1
     fi
-    pi "chmod 600 $(q "$PI_DIR/creds.new") && mv $(q "$PI_DIR/creds.new") $(q "$PI_DIR/creds")"
+    pi "chmod 600 $(q "$PI_DIR/$1.new") && mv $(q "$PI_DIR/$1.new") $(q "$PI_DIR/$1")"
 }
+give_camera() { put_secret creds user:password "$P_USER:$1"; } # the camera's credentials file
 give_camera "$P_PASS" || die "copying the camera's credentials file to the Pi failed"
+# The CLI on the Pi gets the proxy URL with the credentials from this file, through HTTPS_PROXY.
+put_secret proxy.url "the proxy URL" "$HIL_PROXY_URL" || die "copying the proxy URL file to the Pi failed"
+CLI_ENV="env -u NO_PROXY -u no_proxy HTTPS_PROXY=\"\$(cat proxy.url)\""
 if [ -z "$DRY" ]; then
     pi "cd $(q "$PI_DIR") && $PI_EXEC ./connect-tunnel --version" >"$WORK/cli-version.txt" 2>&1 ||
         die "connect-tunnel does not run on the Pi: $(head -c 300 "$WORK/cli-version.txt") (wrong HIL_PI_TARGET? the Pi's glibc must be >= 2.34)"
+fi
+
+# One tunnel from the Pi through the proxy to the media server, before any scenario: a wrong
+# proxy address, password or server address is a configuration error, named here.
+log "checking the path: the Pi -> $PROXY_BARE -> $HIL_SERVER_ADDR (one CONNECT with connect-tunnel)"
+rc=0
+pi "cd $(q "$PI_DIR") && $CLI_ENV timeout 30 $PI_EXEC ./connect-tunnel ${HIL_PROXY_CACERT:+--proxy-cacert proxy-ca.pem} --connect-timeout 10 $(q "$HIL_SERVER_ADDR") </dev/null >/dev/null 2>preflight.log" || rc=$?
+if [ -z "$DRY" ] && [ "$rc" -gt 1 ]; then
+    why=$(timeout 20 "${PI_SSH[@]}" "tail -n 3 $(q "$PI_DIR/preflight.log")" 2>/dev/null | tr '\n' ' ')
+    case "$rc" in
+        3) hint="the Pi cannot reach the proxy: check HIL_PROXY_URL's host and port (and HIL_PROXY_CACERT for https://)" ;;
+        4) hint="the proxy refused the credentials in HIL_PROXY_URL (and the password file on the proxy host)" ;;
+        5) hint="the proxy refused CONNECT to HIL_SERVER_ADDR=$HIL_SERVER_ADDR: 403 is its ACL (address or port not allowed), 502/503 means nothing listens there (is hil server running, on that port?)" ;;
+        6) hint="what answers at HIL_PROXY_URL is not an HTTP proxy" ;;
+        7) hint="no answer in time: the proxy or the path to the media server is silent" ;;
+        *) hint="connect-tunnel exited $rc" ;;
+    esac
+    die "$hint. connect-tunnel on the Pi said: ${why:-(nothing)}"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -445,7 +491,7 @@ scenario_cli_smoke() {
     # The right one: the tunnel opens; the media server closes it after its idle timeout.
     rc=0
     t=$SECONDS
-    pi "cd $(q "$R") && timeout 40 $PI_EXEC ./connect-tunnel -x $(q "$HIL_PROXY_URL") ${HIL_PROXY_CACERT:+--proxy-cacert proxy-ca.pem} --no-half-close --connect-timeout 10 $(q "$HIL_SERVER_ADDR") </dev/null >/dev/null 2>$SCEN.ok.log" || rc=$?
+    pi "cd $(q "$R") && $CLI_ENV timeout 40 $PI_EXEC ./connect-tunnel ${HIL_PROXY_CACERT:+--proxy-cacert proxy-ca.pem} --no-half-close --connect-timeout 10 $(q "$HIL_SERVER_ADDR") </dev/null >/dev/null 2>$SCEN.ok.log" || rc=$?
     [ -n "$DRY" ] || { [ "$rc" -eq 0 ] || ok=""; }
     notes+="; tunnel: exit $rc after $((SECONDS - t)) s (want 0 when the server closes)"
     [ -z "$DRY" ] || return 0

@@ -545,7 +545,7 @@ EOF
     BOARD_STATUS=0
     ip netns exec "$NS_PRX" env \
         HIL_PI_HOST="$CAM_IP" HIL_PI_USER=root HIL_PI_KEY="$WORK/ssh/id" HIL_PI_SUDO="" \
-        HIL_PI_DIR="$WORK/pi" HIL_PI_TARGET="$pi_target" HIL_PI_EXEC_PREFIX="$exec_prefix" HIL_INSTALL=0 \
+        HIL_PI_DIR="$WORK/pi" HIL_PI_TARGET="$pi_target" HIL_PI_EXEC_PREFIX="$exec_prefix" HIL_INSTALL=0 HIL_KEEP=1 \
         HIL_SSH_OPTS="-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR" \
         HIL_PROXY_URL="http://camera:$PASSWORD@$PRX_IP:$SQUID_PORT" \
         HIL_SERVER_ADDR="$SRV_IP:$MEDIA_PORT" HIL_SERVER_CTL="$SERVER_CTL" \
@@ -561,6 +561,8 @@ EOF
     board_dir=$(sed -n 's/^== hil-board: logs and results in //p' "$WORK/board.log" | tail -n1)
     if [ -n "$board_dir" ] && [ -f "$board_dir/rows.tsv" ]; then
         sed "s/^board\t/board (self-test${exec_prefix:+, $exec_prefix})\t/" "$board_dir/rows.tsv" >>"$ROWS"
+        # Kept for the rows (HIL_KEEP=1 above); a passing board run's directory goes now.
+        [ "$BOARD_STATUS" -ne 0 ] || [ -n "${HIL_KEEP:-}" ] || rm -rf "$board_dir"
     else
         BOARD_STATUS=1
     fi
