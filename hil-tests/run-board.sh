@@ -214,6 +214,7 @@ proxy_restore_password() {
         log "WARNING: could not restore $PROXY_PASSWD_FILE on the proxy host (backup: $PROXY_PASSWD_FILE.hil-backup)"
 }
 CAMERA_STARTED=""
+SECRETS_COPIED=""
 cleanup() {
     local rc=$?
     set +e
@@ -221,6 +222,9 @@ cleanup() {
     [ -n "$PI_IMPAIRED" ] && pi_unimpair
     [ -n "$PROXY_ROTATED" ] && proxy_restore_password
     [ -n "$SERVER_OFF" ] && run "$HIL" ctl "$HIL_SERVER_CTL" listen on >/dev/null
+    # The credentials do not stay on the Pi (binaries and results do, in HIL_PI_DIR).
+    [ -z "$SECRETS_COPIED" ] || pi "cd $(q "$PI_DIR") && rm -f creds creds.new proxy.url proxy.url.new"
+    [ "$rc" -ne 130 ] || log "interrupted: the lab was put back as it was"
     if [ -z "$DRY" ]; then
         "${PI_SSH[@]}" -O exit 2>/dev/null
         [ "${#PROXY_SSH[@]}" -gt 0 ] && "${PROXY_SSH[@]}" -O exit 2>/dev/null
@@ -378,6 +382,7 @@ fi
 # put_secret NAME WHAT TEXT: a file only the ssh user can read on the Pi, replaced atomically.
 # Secrets go to the Pi in files, never on a command line (ps would show them there).
 put_secret() {
+    SECRETS_COPIED=1
     if [ -n "$DRY" ]; then
         run scp "($2 in a mode-600 file)" "$HIL_PI_USER@$HIL_PI_HOST:$PI_DIR/$1.new"
     else
@@ -393,7 +398,8 @@ give_camera() { put_secret creds user:password "$P_USER:$1"; } # the camera's cr
 give_camera "$P_PASS" || die "copying the camera's credentials file to the Pi failed"
 # The CLI on the Pi gets the proxy URL with the credentials from this file, through HTTPS_PROXY.
 put_secret proxy.url "the proxy URL" "$HIL_PROXY_URL" || die "copying the proxy URL file to the Pi failed"
-CLI_ENV="env -u NO_PROXY -u no_proxy HTTPS_PROXY=\"\$(cat proxy.url)\""
+# Shell builtins only: an `env VAR=…` command would show the URL in its own arguments.
+CLI_ENV="unset NO_PROXY no_proxy; export HTTPS_PROXY=\"\$(cat proxy.url)\";"
 if [ -z "$DRY" ]; then
     pi "cd $(q "$PI_DIR") && $PI_EXEC ./connect-tunnel --version" >"$WORK/cli-version.txt" 2>&1 ||
         die "connect-tunnel does not run on the Pi: $(head -c 300 "$WORK/cli-version.txt") (wrong HIL_PI_TARGET? the Pi's glibc must be >= 2.34)"
@@ -416,6 +422,9 @@ if [ -z "$DRY" ] && [ "$rc" -gt 1 ]; then
     esac
     die "$hint. connect-tunnel on the Pi said: ${why:-(nothing)}"
 fi
+# The tunnel opens; a one-second camera run checks that a hil server is what answers there.
+pi "cd $(q "$PI_DIR") && timeout 40 $PI_EXEC ./hil camera --proxy $(q "$PROXY_BARE") --credentials-file creds --target $(q "$HIL_SERVER_ADDR") --duration 1 --scenario preflight --result preflight.result ${CAM_TLS[*]} >preflight.camera.log 2>&1" ||
+    die "a tunnel opens through the proxy to HIL_SERVER_ADDR=$HIL_SERVER_ADDR, but no hil server answered the camera there: is it the server's --listen address (not --control), and is hil server running? (the Pi's $PI_DIR/preflight.camera.log has the camera's log)"
 
 # ---------------------------------------------------------------------------------------------
 # 4. Scenarios
