@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+mod support;
 
 const CLI: &str = env!("CARGO_BIN_EXE_connect-tunnel");
 
@@ -109,19 +111,6 @@ fn truncating_proxy(limit: usize) -> u16 {
         }
     });
     port
-}
-
-fn wait(child: &mut Child, limit: Duration) -> Option<i32> {
-    let until = Instant::now() + limit;
-    while Instant::now() < until {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 #[test]
@@ -252,7 +241,7 @@ fn forward_mode_tears_down_tunnels_of_clients_that_reset() {
     }
     let left = live.load(Ordering::SeqCst);
     let _ = child.kill();
-    let _ = wait(&mut child, Duration::from_secs(5));
+    let _ = support::exit_code_within(&mut child, Duration::from_secs(5));
     assert_eq!(
         left, 0,
         "{left} tunnels still open after their clients reset"

@@ -11,6 +11,8 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod support;
+
 const CLI: &str = env!("CARGO_BIN_EXE_connect-tunnel");
 
 /// Forward mode's live-tunnel cap (`MAX_TUNNELS` in the CLI); there is no flag to lower it.
@@ -54,19 +56,6 @@ fn spawn_with_stderr_closed(args: &[&str]) -> Child {
     child
 }
 
-fn wait(child: &mut Child, limit: Duration) -> Option<i32> {
-    let until = Instant::now() + limit;
-    while Instant::now() < until {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
 #[test]
 fn a_refusal_exits_with_its_code_when_stderr_is_closed() {
     let (go, gate) = mpsc::channel();
@@ -80,7 +69,10 @@ fn a_refusal_exits_with_its_code_when_stderr_is_closed() {
     ]);
     // The proxy answers only now that nobody reads stderr: the error message meets EPIPE.
     go.send(()).unwrap();
-    assert_eq!(wait(&mut child, Duration::from_secs(20)), Some(5));
+    assert_eq!(
+        support::exit_code_within(&mut child, Duration::from_secs(20)),
+        Some(5)
+    );
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
 
@@ -89,10 +81,7 @@ fn forward_mode_survives_failed_tunnels_when_stderr_is_closed() {
     let (go, gate) = mpsc::channel();
     drop(go);
     let (proxy, seen) = refusing_proxy(gate);
-    let port = {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = support::free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = spawn_with_stderr_closed(&[
         "-x",
@@ -149,5 +138,8 @@ fn forward_mode_survives_failed_tunnels_when_stderr_is_closed() {
         .unwrap()
         .success();
     assert!(ok);
-    assert_eq!(wait(&mut child, Duration::from_secs(20)), Some(0));
+    assert_eq!(
+        support::exit_code_within(&mut child, Duration::from_secs(20)),
+        Some(0)
+    );
 }

@@ -8,6 +8,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod support;
+
 /// A proxy that answers CONNECT with 200 and then echoes.
 fn echoing_proxy() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -86,19 +88,6 @@ fn terminate(child: &Child) {
     assert!(ok);
 }
 
-fn wait(child: &mut Child, limit: Duration) -> Option<i32> {
-    let until = Instant::now() + limit;
-    while Instant::now() < until {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
 #[test]
 fn sigterm_stops_accepting_and_lets_live_tunnels_finish() {
     let (mut child, addr) = forward(echoing_proxy(), "20");
@@ -117,7 +106,10 @@ fn sigterm_stops_accepting_and_lets_live_tunnels_finish() {
     echo_once(&mut live, b"after the signal");
     assert_eq!(child.try_wait().unwrap(), None, "exited with a tunnel open");
     drop(live);
-    assert_eq!(wait(&mut child, Duration::from_secs(10)), Some(0));
+    assert_eq!(
+        support::exit_code_within(&mut child, Duration::from_secs(10)),
+        Some(0)
+    );
 }
 
 #[test]
@@ -129,7 +121,10 @@ fn tunnels_left_after_the_drain_time_are_closed() {
     echo_once(&mut live, b"x");
     let started = Instant::now();
     terminate(&child);
-    assert_eq!(wait(&mut child, Duration::from_secs(10)), Some(0));
+    assert_eq!(
+        support::exit_code_within(&mut child, Duration::from_secs(10)),
+        Some(0)
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",

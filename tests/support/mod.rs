@@ -383,6 +383,19 @@ pub fn wait_child_for(child: &mut Child, timeout: Duration) -> Option<std::proce
     }
 }
 
+/// Waits up to `limit` for the child to exit and returns its exit code (`None` when a signal
+/// ended it); a child still running at `limit` is killed and reaped, and the answer is `None`.
+pub fn exit_code_within(child: &mut Child, limit: Duration) -> Option<i32> {
+    match wait_child_for(child, limit) {
+        Some(status) => status.code(),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
 /// Runs `cmd` to completion with captured stdout/stderr (stdin null unless the caller set it),
 /// killing it if it runs longer than `timeout`; the error then carries what it printed.
 pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Result<Output> {
