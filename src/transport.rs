@@ -3,6 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::mpsc;
 #[cfg(feature = "tls")]
@@ -47,9 +48,19 @@ pub struct SocketOptions {
 }
 
 impl SocketOptions {
+    /// The [`keepalive`](SocketOptions::keepalive) idle times Linux accepts for `TCP_KEEPIDLE`:
+    /// 1–32767 s.
+    pub const KEEPALIVE_RANGE: RangeInclusive<Duration> =
+        Duration::from_secs(1)..=Duration::from_secs(32767);
+    /// The [`user_timeout`](SocketOptions::user_timeout) values the kernel accepts:
+    /// `TCP_USER_TIMEOUT` takes a C `int` of milliseconds, so 1 ms to `i32::MAX` ms
+    /// (2147483.647 s, about 24.8 days).
+    pub const USER_TIMEOUT_RANGE: RangeInclusive<Duration> =
+        Duration::from_millis(1)..=Duration::from_millis(i32::MAX as u64);
+
     /// Refuses values the kernel would reject at connect time, so they are reported as input
-    /// errors up front: keepalive idle time 1–32767 s, user timeout 1 ms – `i32::MAX` ms
-    /// (`TCP_USER_TIMEOUT` is a C `int`; about 24.8 days).
+    /// errors up front: [`KEEPALIVE_RANGE`](Self::KEEPALIVE_RANGE) and
+    /// [`USER_TIMEOUT_RANGE`](Self::USER_TIMEOUT_RANGE).
     pub(crate) fn check(&self) -> Result<(), Error> {
         let bad = |what| {
             Err(Error::invalid(
@@ -59,22 +70,18 @@ impl SocketOptions {
             ))
         };
         if let Some(idle) = self.keepalive {
-            if !(Duration::from_secs(1)..=Duration::from_secs(32767)).contains(&idle) {
+            if !Self::KEEPALIVE_RANGE.contains(&idle) {
                 return bad("keepalive idle time");
             }
         }
         if let Some(t) = self.user_timeout {
-            if !(Duration::from_millis(1)..=MAX_USER_TIMEOUT).contains(&t) {
+            if !Self::USER_TIMEOUT_RANGE.contains(&t) {
                 return bad("user timeout");
             }
         }
         Ok(())
     }
 }
-
-/// The longest [`SocketOptions::user_timeout`] the kernel accepts: `TCP_USER_TIMEOUT` takes a
-/// C `int` of milliseconds, so `i32::MAX` ms (2147483.647 s, about 24.8 days).
-const MAX_USER_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 impl Default for SocketOptions {
     fn default() -> Self {

@@ -6,10 +6,11 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use connect_tunnel::{Config, Connector, Credentials, Error, Proxy, Target};
+use connect_tunnel::{Config, Connector, Credentials, Error, Proxy, SocketOptions, Target};
 
 /// Prints one diagnostic line on stderr, like `eprintln!`, but ignores a failed write (a
 /// closed pipe, say) instead of panicking: a reader that went away must not kill the process,
@@ -235,7 +236,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
                 keepalive = Some(
                     seconds(name, &v, true)
                         .ok()
-                        .filter(|d| d.is_zero() || KEEPALIVE_RANGE.contains(d))
+                        .filter(|d| d.is_zero() || SocketOptions::KEEPALIVE_RANGE.contains(d))
                         .ok_or_else(|| {
                             Fail::usage(format!("--keepalive: not 0 (off) or 1-32767 seconds: {v}"))
                         })?,
@@ -246,7 +247,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
                 user_timeout = Some(
                     seconds(name, &v, false)
                         .ok()
-                        .filter(|d| USER_TIMEOUT_RANGE.contains(d))
+                        .filter(|d| SocketOptions::USER_TIMEOUT_RANGE.contains(d))
                         .ok_or_else(|| {
                             Fail::usage(format!(
                                 "--user-timeout: not 0.001-2147483.647 seconds: {v}"
@@ -351,13 +352,6 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, Fail> {
         verbosity,
     }))
 }
-
-/// `--keepalive` values other than 0 (off): the idle times Linux accepts for `TCP_KEEPIDLE`.
-const KEEPALIVE_RANGE: std::ops::RangeInclusive<Duration> =
-    Duration::from_secs(1)..=Duration::from_secs(32767);
-/// `--user-timeout` values: `TCP_USER_TIMEOUT` is a C `int` of milliseconds, at least 1.
-const USER_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
-    Duration::from_millis(1)..=Duration::from_millis(i32::MAX as u64);
 
 /// A number of seconds from option `name`: decimal digits with an optional fraction (`30`,
 /// `0.5`, `.25`), below 10^9, to the nanosecond (further digits are dropped); zero only when
@@ -608,7 +602,6 @@ const MAX_TUNNELS: usize = 256;
 /// Accepts local connections and opens one tunnel for each. On SIGTERM or SIGINT it stops
 /// accepting, lets live tunnels finish for up to `drain`, then exits.
 fn forward_mode(dial: Arc<Dial>, addr: &str, relay: Relay, drain: Duration) -> Result<(), Fail> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let listener = TcpListener::bind(addr).map_err(|e| Fail {
         code: 2,
         message: format!("cannot listen on {addr}: {e}"),
@@ -675,27 +668,24 @@ fn forward_mode(dial: Arc<Dial>, addr: &str, relay: Relay, drain: Duration) -> R
 /// One of forward mode's [`MAX_TUNNELS`] live-tunnel slots, taken from the shared count and
 /// given back when dropped: a tunnel thread that ends in any way, a panic included, cannot
 /// leak its slot.
-struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
-    fn take(live: &Arc<std::sync::atomic::AtomicUsize>) -> Slot {
-        live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    fn take(live: &Arc<AtomicUsize>) -> Slot {
+        live.fetch_add(1, Ordering::SeqCst);
         Slot(live.clone())
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// On SIGTERM or SIGINT, sets `stopping` and wakes the accept loop with a connection to its
 /// own listener.
-fn watch_signals(
-    stopping: Arc<std::sync::atomic::AtomicBool>,
-    local: std::net::SocketAddr,
-) -> Result<(), Fail> {
+fn watch_signals(stopping: Arc<AtomicBool>, local: std::net::SocketAddr) -> Result<(), Fail> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| Fail {
         code: 1,
@@ -704,7 +694,7 @@ fn watch_signals(
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             log::info!("close: signal {signal}: no new tunnels");
-            stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+            stopping.store(true, Ordering::SeqCst);
             let wake = match local.ip() {
                 ip if ip.is_unspecified() && local.is_ipv4() => {
                     std::net::SocketAddr::from(([127, 0, 0, 1], local.port()))
