@@ -187,6 +187,9 @@ fi
 
 # pi 'SHELL COMMAND': runs it on the Pi (bounded).
 pi() { run timeout 60 "${PI_SSH[@]}" "$1"; }
+# pi_ask 'SHELL COMMAND': a short question to the Pi (bounded, its errors not shown), for
+# polling and fetching logs, never for changing anything; not run(): callers skip it when dry.
+pi_ask() { timeout 20 "${PI_SSH[@]}" "$1" 2>/dev/null; }
 # proxy_host 'SHELL COMMAND': runs it on the proxy host.
 proxy_host() { run timeout 60 "${PROXY_SSH[@]}" "$1"; }
 # The ssh command a user can paste to check the Pi by hand.
@@ -411,7 +414,7 @@ log "checking the path: the Pi -> $PROXY_BARE -> $HIL_SERVER_ADDR (one CONNECT w
 rc=0
 pi "cd $(q "$PI_DIR") && $CLI_ENV timeout 30 $PI_EXEC ./connect-tunnel ${HIL_PROXY_CACERT:+--proxy-cacert proxy-ca.pem} --connect-timeout 10 $(q "$HIL_SERVER_ADDR") </dev/null >/dev/null 2>preflight.log" || rc=$?
 if [ -z "$DRY" ] && [ "$rc" -gt 1 ]; then
-    why=$(timeout 20 "${PI_SSH[@]}" "tail -n 3 $(q "$PI_DIR/preflight.log")" 2>/dev/null | tr '\n' ' ')
+    why=$(pi_ask "tail -n 3 $(q "$PI_DIR/preflight.log")" | tr '\n' ' ')
     case "$rc" in
         3) hint="the Pi cannot reach the proxy: check HIL_PROXY_URL's host and port (and HIL_PROXY_CACERT for https://)" ;;
         4) hint="the proxy refused the credentials in HIL_PROXY_URL (and the password file on the proxy host)" ;;
@@ -448,13 +451,13 @@ start_camera() { # start_camera DURATION: the camera on the Pi, detached (surviv
 wait_camera() {
     [ -z "$DRY" ] || { run sleep "(until $SCEN.done appears on the Pi)"; return 0; }
     while [ "$SECONDS" -lt "$CAM_DEADLINE" ]; do
-        if timeout 20 "${PI_SSH[@]}" "test -e $(q "$R/$SCEN.done")" 2>/dev/null; then return 0; fi
+        if pi_ask "test -e $(q "$R/$SCEN.done")"; then return 0; fi
         sleep 1
     done
     log "$SCEN: the camera did not finish in time: stopping it"
     pi_stop_camera
 }
-pi_log_has() { [ -n "$DRY" ] || timeout 20 "${PI_SSH[@]}" "grep -q $(q "$1") $(q "$R/$SCEN.camera.log")" 2>/dev/null; }
+pi_log_has() { [ -n "$DRY" ] || pi_ask "grep -q $(q "$1") $(q "$R/$SCEN.camera.log")"; }
 collect() {
     run "${PI_SCP[@]}" "$HIL_PI_USER@$HIL_PI_HOST:$R/$SCEN.result" "$HIL_PI_USER@$HIL_PI_HOST:$R/$SCEN.marks" \
         "$HIL_PI_USER@$HIL_PI_HOST:$R/$SCEN.camera.log" "$WORK/" 2>/dev/null || true
@@ -507,7 +510,7 @@ scenario_cli_smoke() {
     if [ -z "$ok" ]; then
         for f in wrong ok; do
             echo "   connect-tunnel's stderr ($f password):"
-            timeout 20 "${PI_SSH[@]}" "tail -n 5 $(q "$R/$SCEN.$f.log")" 2>&1 | sed 's/^/     /'
+            pi_ask "tail -n 5 $(q "$R/$SCEN.$f.log")" | sed 's/^/     /'
         done
     fi
     printf 'board\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\t%s\n' "$SCEN" "$([ -n "$ok" ] && echo PASS || echo FAIL)" "$notes" >>"$ROWS"
